@@ -9,7 +9,7 @@ import sys
 
 from launch import plan as plan_lib
 from train.config import ConfigError
-from train.metric_log import format_count, format_duration
+from common.formatting import format_count, format_duration
 
 CONVENTION_ORDER = ("6N", "6N_attn", "chinchilla")
 SLURM_OPTIONS = {  # CLI dest -> submitit AutoExecutor parameter

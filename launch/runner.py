@@ -30,7 +30,8 @@ import yaml
 from launch import status as status_lib
 from launch.plan import RATE_CONVENTION, GridPlan, PlannedRun, format_number
 from train.config import ConfigError, dump_yaml, from_dict, to_dict
-from train.metric_log import SUMMARY_FILE, format_count, format_duration
+from common.formatting import format_count, format_duration
+from train.metric_log import SUMMARY_FILE
 
 EXECUTORS = ("local", "slurm", "debug")
 DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's own default is 5 minutes, too short for training

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from common import formatting
 from train import metric_log
 from train.metric_log import MetricLog, peak_memory_bytes, tag_of, to_json_value, write_summary
 
@@ -115,8 +116,8 @@ def test_tags_and_json_values():
         "a": 3, "b": 0.5, "c": None, "d": [None, True]}
     with pytest.raises(TypeError, match="ndarray"):
         to_json_value(np.zeros(3))
-    assert metric_log.format_duration(192) == "3m12s" and metric_log.format_duration(3725) == "1h02m"
-    assert metric_log.format_duration(None) == "?" and metric_log.format_count(2_500_000) == "2.5M"
+    assert formatting.format_duration(192) == "3m12s" and formatting.format_duration(3725) == "1h02m"
+    assert formatting.format_duration(None) == "?" and formatting.format_count(2_500_000) == "2.5M"
 
 
 def test_write_summary_is_atomic(tmp_path, monkeypatch):

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from common.formatting import format_count, format_duration
+
 TAGS = {
     "train_loss": "train/loss",
     "eval_loss": "eval/loss",
@@ -78,26 +80,6 @@ def to_json_value(value):
 
 
 # ----------------------------------------------------------------------------- progress text
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(max(seconds, 0)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def format_count(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.1f}{unit}"
-    return f"{value:.0f}"
 
 
 def status_text(metrics: dict, last_eval_loss: float | None) -> str:
@@ -272,7 +254,6 @@ def peak_memory_bytes(device) -> tuple[int | None, str]:
 __all__ = [
     "MetricLog",
     "TAGS",
-    "format_duration",
     "peak_memory_bytes",
     "status_text",
     "tag_of",
