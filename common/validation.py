@@ -7,11 +7,13 @@ which prints one line per problem and exits 2 before anything is written.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
 import pathlib
 import re
+import sys
 import types
 import typing
 
@@ -238,3 +240,55 @@ def build(cls, raw: dict, path: str, problems: list[str]):
             continue
         kwargs[key] = coerce(value, hints[key], where, problems)
     return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- argparse types
+
+
+def _cli_number(convert, accept, wanted: str, name: str):
+    """An argparse `type=` that converts with `convert` and refuses what `accept` rejects, as one line."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except (TypeError, ValueError, OverflowError):
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted} (got {text!r})")
+        return value
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else None  # 'inf', 'nan' and '1e400' (which float() reads as inf)
+
+
+def _integer(text: str) -> int:
+    """An integer, also written as an integral float ('1e3'), as configs accept."""
+    try:
+        return int(text)
+    except ValueError:
+        value = _finite_float(text)
+        return int(value) if value is not None and value.is_integer() else None
+
+
+finite_float = _cli_number(_finite_float, lambda v: True, "a finite number", "finite_float")
+positive_float = _cli_number(_finite_float, lambda v: v > 0, "a finite number > 0", "positive_float")
+non_negative_float = _cli_number(_finite_float, lambda v: v >= 0, "a finite number >= 0", "non_negative_float")
+positive_int = _cli_number(_integer, lambda v: v > 0, "an integer > 0", "positive_int")
+non_negative_int = _cli_number(_integer, lambda v: v >= 0, "an integer >= 0", "non_negative_int")
+
+
+def one_line_parser_errors(parser: argparse.ArgumentParser, prefix: str) -> argparse.ArgumentParser:
+    """Make argparse's own errors (a bad option value, a missing argument) one stderr line `prefix: message`
+    and exit 2, like every other input problem, instead of a usage block."""
+
+    def error(message: str):
+        print(f"{prefix}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
+    return parser

@@ -1,6 +1,8 @@
 """The `isoflop` console script: one entry point, each package registers its own sub-commands.
 
-Every sub-command returns an exit code; config problems print one line each and exit 2 before any compute.
+Every sub-command returns an exit code. Bad input prints one line per problem and exits 2 before anything
+is written; a failed write or a directory held by another process prints one line and exits 1
+(docs/CONVENTIONS.md, "Errors and exit codes").
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from train.config import ConfigError
+from common.files import LockedError, WriteError
+from common.validation import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in err.problems:
             print(f"isoflop {args.command}: {problem}", file=sys.stderr)
         return 2
+    except (WriteError, LockedError) as err:
+        print(f"isoflop {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
