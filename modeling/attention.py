@@ -1,9 +1,18 @@
-"""Attention variants behind one registry.
+"""Attention variants behind one registry, keyed to the jax-free accounting registry.
 
-Adding a variant = one module class with `__init__(cfg, layer, rngs)` and `__call__(x, positions)`,
-plus one `@register("name")` line; `modeling/config.py` lists the allowed names and
-`modeling/accounting.py` needs its FLOP count. mha/gqa/mqa/sliding_window differ only in the number
-of key/value heads and the mask, so they share `SoftmaxAttention`.
+A variant is a module class registered under names that `modeling/attention_kinds.py` already holds
+(that entry carries its FLOPs, XLA-count model and decode-state bytes; `register` refuses a name without
+one). The class provides, with these signatures:
+
+- `__init__(cfg, layer, rngs)`;
+- `__call__(x, positions) -> y`: the causal mixing over a whole sequence, projections included;
+- `init_decode_state(batch_size, max_len, dtype) -> dict of arrays`: what one layer carries between
+  decode steps (`modeling/decode.py` calls this; accounting's `decode_state_bytes` describes it);
+- `decode(x, positions, state, start) -> (y, state)`: the same mixing for tokens at positions
+  start.., continuing from `state` (prefill and one-token steps alike).
+
+mha/gqa/mqa/sliding_window differ only in the number of key/value heads and the mask, so they share
+`SoftmaxAttention`.
 """
 
 from __future__ import annotations
@@ -14,17 +23,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from modeling import attention_kinds
 from modeling.causal_attention import blocked_causal_attention
 from modeling.config import ModelConfig
 from modeling.layers import dense
-from modeling.precision import resolve_for_backend
 from modeling.positions import apply_rope, rope_frequencies
 
 ATTENTION: dict[str, type[nnx.Module]] = {}
+MODULE_METHODS = ("__call__", "init_decode_state", "decode")
 
 
 def register(*names: str) -> Callable[[type], type]:
+    """Class decorator: the module of each attention kind in `names` (each needs its accounting entry)."""
+    for name in names:
+        attention_kinds.get(name)  # no module without its accounting
+
     def add(cls: type) -> type:
+        missing = [method for method in MODULE_METHODS if not callable(getattr(cls, method, None))]
+        if missing:
+            raise TypeError(f"attention module {cls.__name__} lacks {', '.join(missing)} (see modeling/attention.py)")
         for name in names:
             ATTENTION[name] = cls
         return cls
@@ -32,7 +49,14 @@ def register(*names: str) -> Callable[[type], type]:
     return add
 
 
+def unregister(name: str) -> None:
+    ATTENTION.pop(name, None)
+
+
 def build_attention(cfg: ModelConfig, layer: int, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.attention not in ATTENTION:
+        raise ValueError(f"model.attention: {cfg.attention!r} has accounting but no module;"
+                         " register one in modeling/attention.py")
     return ATTENTION[cfg.attention](cfg, layer, rngs)
 
 
@@ -40,11 +64,11 @@ class QKVProjections(nnx.Module):
     """Q, K, V and output projections with optional QK-norm and RoPE, shared by every variant."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.query = dense(cfg, cfg.d_model, self.n_heads * self.head_dim, rngs)
-        self.key = dense(cfg, cfg.d_model, self.kv_heads * self.head_dim, rngs)
-        self.value = dense(cfg, cfg.d_model, self.kv_heads * self.head_dim, rngs)
-        self.out = dense(cfg, self.n_heads * self.head_dim, cfg.d_model, rngs, residual_out=True)
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_size
+        self.query = dense(cfg, cfg.d_model, self.n_heads * self.head_dim, rngs, part="qkv")
+        self.key = dense(cfg, cfg.d_model, self.kv_heads * self.head_dim, rngs, part="qkv")
+        self.value = dense(cfg, cfg.d_model, self.kv_heads * self.head_dim, rngs, part="qkv")
+        self.out = dense(cfg, self.n_heads * self.head_dim, cfg.d_model, rngs, part="out", residual_out=True)
         if cfg.qk_norm:
             self.q_norm = nnx.RMSNorm(self.head_dim, epsilon=cfg.norm_eps, rngs=rngs)
             self.k_norm = nnx.RMSNorm(self.head_dim, epsilon=cfg.norm_eps, rngs=rngs)
@@ -78,7 +102,9 @@ class SoftmaxAttention(nnx.Module):
     `jax.nn.dot_product_attention` picks a fused kernel (cuDNN flash attention) on GPU and the XLA
     composition elsewhere; it broadcasts grouped K/V heads itself and keeps the softmax in fp32.
     `model.attention_impl` swaps in the block-causal kernel of modeling/causal_attention.py (the CPU
-    default), which computes the same function with about half the work.
+    default), which computes the same function with about half the work. Decoding keeps K/V in a
+    fixed-size buffer (a jit-stable shape) and masks what is not yet written or outside the window.
+    A variant that changes only the scores overrides `attend` and `attend_visible`.
     """
 
     def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
@@ -89,12 +115,34 @@ class SoftmaxAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         q, k, v = self.proj.qkv(x, positions)
-        if resolve_for_backend(self.impl, cpu="blocked", other="xla") == "blocked":
-            heads = blocked_causal_attention(q, k, v, block_size=self.block_size, window=self.window)
-        else:
-            window = None if self.window is None else (self.window - 1, 0)
-            heads = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
-        return self.proj.project_out(heads)
+        return self.proj.project_out(self.attend(q, k, v))
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """Causal (and windowed) attention over one whole sequence: heads [B,T,H,hd]."""
+        if attention_kinds.softmax_impl(self.impl, jax.default_backend()) == "blocked":
+            return blocked_causal_attention(q, k, v, block_size=self.block_size, window=self.window)
+        window = None if self.window is None else (self.window - 1, 0)
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
+
+    def attend_visible(self, q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+        """Attention of new queries over the cache buffer; `visible` [t, max_len] says which keys count."""
+        return jax.nn.dot_product_attention(q, k, v, mask=visible[None, None])
+
+    def init_decode_state(self, batch_size: int, max_len: int, dtype) -> dict[str, jax.Array]:
+        shape = (batch_size, max_len, self.proj.kv_heads, self.proj.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def decode(self, x: jax.Array, positions: jax.Array, state: dict, start) -> tuple[jax.Array, dict]:
+        q, k, v = self.proj.qkv(x, positions)
+        keys = jax.lax.dynamic_update_slice_in_dim(state["k"], k.astype(state["k"].dtype), start, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(state["v"], v.astype(state["v"].dtype), start, axis=1)
+        query_pos = positions[:, None]
+        key_pos = jnp.arange(keys.shape[1])[None, :]
+        visible = key_pos <= query_pos  # also hides the unwritten tail of the buffer
+        if self.window is not None:
+            visible &= key_pos > query_pos - self.window
+        heads = self.attend_visible(q, keys.astype(q.dtype), values.astype(q.dtype), visible)
+        return self.proj.project_out(heads), {"k": keys, "v": values}
 
 
 FEATURE_MAPS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -173,9 +221,24 @@ class LinearAttention(nnx.Module):
         self.chunk_size = cfg.linear_chunk_size
         self.groups = cfg.n_heads // cfg.kv_heads
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    def _features(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """φq, φk and v with grouped K/V heads repeated to every query head of their group."""
         q, k, v = self.proj.qkv(x, positions)
-        if self.groups > 1:  # grouped K/V: every query head in a group reads the same K/V head
+        if self.groups > 1:
             k, v = jnp.repeat(k, self.groups, axis=2), jnp.repeat(v, self.groups, axis=2)
-        heads = linear_attention_chunked(self.feature_map(q), self.feature_map(k), v, self.chunk_size)
+        return self.feature_map(q), self.feature_map(k), v
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        q, k, v = self._features(x, positions)
+        heads = linear_attention_chunked(q, k, v, self.chunk_size)
         return self.proj.project_out(heads.astype(x.dtype))
+
+    def init_decode_state(self, batch_size: int, max_len: int, dtype) -> dict[str, jax.Array]:
+        heads, hd = self.proj.n_heads, self.proj.head_dim
+        return {"state": jnp.zeros((batch_size, heads, hd, hd), jnp.float32),
+                "key_sum": jnp.zeros((batch_size, heads, hd), jnp.float32)}
+
+    def decode(self, x: jax.Array, positions: jax.Array, state: dict, start) -> tuple[jax.Array, dict]:
+        q, k, v = self._features(x, positions)
+        heads, (s, z) = linear_attention_recurrent(q, k, v, (state["state"], state["key_sum"]))
+        return self.proj.project_out(heads.astype(x.dtype)), {"state": s, "key_sum": z}

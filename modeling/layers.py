@@ -15,6 +15,7 @@ from flax import nnx
 
 from modeling.config import ModelConfig
 from modeling.precision import f32_result_matmul, fp8_dot_general, policy, resolve_for_backend
+from modeling.sharding import with_axes
 
 
 class Dense(nnx.Linear):
@@ -34,11 +35,22 @@ class Dense(nnx.Linear):
         return super().__call__(inputs, out_sharding)
 
 
-def dense(cfg: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs, *, residual_out: bool = False) -> nnx.Linear:
+# The logical axis (modeling/sharding.py) of each part's wide side: attention heads or FFN hidden features.
+WIDE_AXIS = {"qkv": "heads", "out": "heads", "ffn": "mlp"}
+
+
+def dense(cfg: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs, *, part: str,
+          residual_out: bool = False) -> nnx.Linear:
+    """A linear layer of `part` ("qkv", "out" or "ffn"), which decides whether model.bias gives it a bias.
+
+    Its kernel's logical axes are (embed, wide) reading from the residual stream and (wide, embed)
+    writing into it (`residual_out`): Megatron's column- and row-parallel layers."""
     prec = policy(cfg.precision)
     std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual_out else cfg.init_std
-    common = dict(use_bias=cfg.bias, dtype=prec.compute_dtype, param_dtype=prec.param_dtype,
-                  kernel_init=nnx.initializers.normal(std), rngs=rngs)
+    axes = (WIDE_AXIS[part], "embed") if residual_out else ("embed", WIDE_AXIS[part])
+    common = dict(use_bias=cfg.has_bias(part), dtype=prec.compute_dtype, param_dtype=prec.param_dtype,
+                  kernel_init=with_axes(nnx.initializers.normal(std), *axes),
+                  bias_init=with_axes(nnx.initializers.zeros, axes[1]), rngs=rngs)
     if prec.fp8_matmuls:
         return nnx.Linear(in_features, out_features, dot_general=fp8_dot_general, **common)
     return Dense(in_features, out_features, bf16_matmul=cfg.bf16_matmul, **common)

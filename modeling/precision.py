@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
+
+from common.vocabulary import PRECISION_COMPUTE_DTYPES
+from common.warn import warn_once
+from modeling.config import ACTIVATION_DTYPES, PARAM_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,16 +28,16 @@ class Policy:
     fp8_matmuls: bool = False
 
 
+JAX_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# Built from the dtype names in modeling/config.py and common/vocabulary.py, the one place they are set.
 POLICIES = {
-    "fp32": Policy("fp32", jnp.float32, jnp.float32),
-    "bf16_mixed": Policy("bf16_mixed", jnp.float32, jnp.bfloat16),
-    "bf16": Policy("bf16", jnp.bfloat16, jnp.bfloat16),
-    "fp8": Policy("fp8", jnp.float32, jnp.bfloat16, fp8_matmuls=True),
+    name: Policy(name, JAX_DTYPES[PARAM_DTYPES[name]], JAX_DTYPES[ACTIVATION_DTYPES[name]],
+                 fp8_matmuls=PRECISION_COMPUTE_DTYPES[name] == "fp8")
+    for name in PRECISION_COMPUTE_DTYPES
 }
 
 FP8_DTYPE = jnp.float8_e4m3fn
 _FP8_MAX = float(jnp.finfo(FP8_DTYPE).max)
-_warned_emulated = False
 
 
 def policy(name: str) -> Policy:
@@ -56,18 +59,18 @@ def _quantize_dequantize(x: jax.Array) -> jax.Array:
     return (quantized.astype(jnp.float32) * scale).astype(x.dtype)
 
 
+def fp8_straight_through(x: jax.Array) -> jax.Array:
+    """x rounded through e4m3 in the forward pass, identity in the backward pass."""
+    return x + jax.lax.stop_gradient(_quantize_dequantize(x) - x)
+
+
 def fp8_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
     """A drop-in `dot_general` whose operands pass through fp8 (straight-through gradients)."""
-    global _warned_emulated
-    if not _warned_emulated and not _fp8_native():
-        warnings.warn("precision=fp8: this backend has no native fp8 matmuls; running them emulated", stacklevel=2)
-        _warned_emulated = True
-
-    def straight_through(x):
-        return x + jax.lax.stop_gradient(_quantize_dequantize(x) - x)
+    if not _fp8_native():
+        warn_once("precision=fp8: this backend has no native fp8 matmuls; running them emulated")
 
     return jax.lax.dot_general(
-        straight_through(lhs), straight_through(rhs), dimension_numbers,
+        fp8_straight_through(lhs), fp8_straight_through(rhs), dimension_numbers,
         precision=precision, preferred_element_type=preferred_element_type, **kwargs,
     )
 

@@ -15,7 +15,10 @@ from modeling.transformer import Transformer
 from train.config import load
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "configs" / "models"
-PUBLISHED = {"gpt2-124m": 124_439_808, "llama-3.2-1b": 1_235_814_400, "llama-2-7b": 6_738_415_616}
+# Totals from the published configs' fields (each YAML cites its config.json), computed by hand in
+# test_published_totals_by_hand for the two that use model.bias=qkv and a decoupled model.head_dim.
+PUBLISHED = {"gpt2-124m": 124_439_808, "llama-3.2-1b": 1_235_814_400, "llama-2-7b": 6_738_415_616,
+             "qwen2-0.5b": 494_032_768, "gemma-7b": 8_537_680_896}
 SMALL = ModelConfig(vocab_size=96, d_model=32, n_layers=3, n_heads=4, d_ff=80, max_seq_len=24)
 VARIANTS = {
     "mha": {},
@@ -23,9 +26,10 @@ VARIANTS = {
     "mqa": dict(attention="mqa", qk_norm=True),
     "sliding_window": dict(attention="sliding_window", window=5, layer_pattern=("local", "global")),
     "linear": dict(attention="linear", linear_chunk_size=8),
-    "gpt_like": dict(ffn="gelu", norm="layernorm", norm_bias=True, bias=True, position="learned"),
+    "gpt_like": dict(ffn="gelu", norm="layernorm", norm_bias=True, bias="all", position="learned"),
     "untied_relu2": dict(ffn="relu2", tie_embeddings=False, position="none"),
-    "geglu_bias_qk": dict(ffn="geglu", bias=True, qk_norm=True, norm="layernorm"),
+    "geglu_bias_qk": dict(ffn="geglu", bias="all", qk_norm=True, norm="layernorm"),
+    "gqa_qkv_bias_wide_heads": dict(attention="gqa", n_kv_heads=2, bias="qkv", head_dim=12, qk_norm=True),
 }
 
 
@@ -53,6 +57,44 @@ def test_published_presets_load_with_exact_counts(name):
     assert shaped["embedding"] == counts["embedding"]
 
 
+def test_published_totals_by_hand():
+    """From the config.json fields each YAML cites: embeddings + layers × (attention + MLP + 2 norms) + final norm."""
+    vocab, d, layers, heads, kv, hd, ff = 151936, 896, 24, 14, 2, 64, 4864  # Qwen2-0.5B
+    attention = d * heads * hd + 2 * d * kv * hd + heads * hd * d + (heads * hd + 2 * kv * hd)  # q/k/v biases only
+    assert vocab * d + layers * (attention + 3 * d * ff + 2 * d) + d == PUBLISHED["qwen2-0.5b"]
+    vocab, d, layers, heads, hd, ff = 256000, 3072, 28, 16, 256, 24576  # Gemma-7B: 16 × 256 = 4096 ≠ 3072
+    attention = 4 * d * heads * hd
+    assert vocab * d + layers * (attention + 3 * d * ff + 2 * d) + d == PUBLISHED["gemma-7b"]
+
+
+def test_decoupled_head_dim_sets_attention_width_everywhere():
+    gemma = load(MODELS / "gemma-7b.yaml").model
+    assert gemma.head_size == 256 and gemma.d_model // gemma.n_heads == 192
+    forward = accounting.forward_flops_per_token(gemma, 8192)
+    n = accounting.flops_params(gemma)
+    assert forward["6N_attn"] - 2 * n == 2 * 28 * 8192 * (16 * 256)  # Kaplan's d_attn = H·hd, not d_model
+    assert accounting.kv_cache_bytes_per_token(dataclasses.replace(gemma, precision="bf16")) == 2 * 28 * 16 * 256 * 2
+    ops = accounting.layer_forward_flops(gemma, 0, 8192)
+    assert ops["attention.qkv"] == 2 * 3072 * 3 * 4096 and ops["attention.out"] == 2 * 4096 * 3072
+
+
+def test_qkv_bias_counts_only_qkv_biases():
+    plain = dataclasses.replace(SMALL, attention="gqa", n_kv_heads=2)
+    qkv, every = dataclasses.replace(plain, bias="qkv"), dataclasses.replace(plain, bias="all")
+    per_layer_qkv = 4 * 8 + 2 * 2 * 8
+    total = accounting.param_counts
+    assert total(qkv)["total"] - total(plain)["total"] == 3 * per_layer_qkv
+    assert total(every)["total"] - total(qkv)["total"] == 3 * (32 + 2 * 80 + 32)  # out, gate/up, down
+
+
+def test_names_come_from_the_shared_vocabulary():
+    from common.vocabulary import BUDGET_FLOP_CONVENTIONS, PARAM_KINDS, PRECISIONS
+
+    assert accounting.CONVENTIONS == BUDGET_FLOP_CONVENTIONS
+    assert set(PARAM_KINDS) <= set(accounting.param_counts(SMALL))
+    assert set(accounting.PRECISION_BYTES) == set(POLICIES) == set(PRECISIONS)
+
+
 def test_gpt2_split_matches_kaplan_convention():
     counts = accounting.param_counts(load(MODELS / "gpt2-124m.yaml").model)
     assert counts["embedding"] == 50257 * 768 + 1024 * 768  # token table + learned positions
@@ -75,7 +117,7 @@ def test_analytic_params_match_the_module_tree(variant):
 
 
 def test_params_by_hand_for_a_config_with_every_option():
-    cfg = dataclasses.replace(SMALL, attention="gqa", n_kv_heads=2, bias=True, qk_norm=True, norm="layernorm",
+    cfg = dataclasses.replace(SMALL, attention="gqa", n_kv_heads=2, bias="all", qk_norm=True, norm="layernorm",
                               norm_bias=True, position="learned", tie_embeddings=False, ffn="swiglu")
     d, hd, ff, vocab = 32, 8, 80, 96
     attention = d * (4 * hd) + 2 * d * (2 * hd) + (4 * hd) * d + (4 * hd + 2 * 2 * hd + d) + 2 * hd
@@ -198,7 +240,7 @@ def test_kv_cache_of_windows_and_linear_attention():
     linear = dataclasses.replace(SMALL, attention="linear")
     assert accounting.kv_cache_bytes_per_token(linear) == 0
     state = 3 * 4 * (8 * 8 + 8) * 4  # S (hd×hd) and z (hd) per head and layer, fp32
-    assert accounting.linear_state_bytes(linear) == state
+    assert accounting.constant_state_bytes(linear) == state
     assert accounting.decode_state_bytes(linear, 10) == accounting.decode_state_bytes(linear, 10_000) == state
 
 

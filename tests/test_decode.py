@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from modeling import accounting
 from modeling.config import ModelConfig
 from modeling.decode import forward_cached, generate, init_cache
 from modeling.transformer import Transformer
@@ -17,6 +18,7 @@ KINDS = {
     "mha": dict(attention="mha"),
     "gqa": dict(attention="gqa", n_kv_heads=2),
     "mqa": dict(attention="mqa", position="learned"),
+    "gqa-wide-heads-qkv-bias": dict(attention="gqa", n_kv_heads=2, head_dim=12, bias="qkv"),
     "sliding_window": dict(attention="sliding_window", window=4, layer_pattern=("local", "global")),
     "linear": dict(attention="linear", linear_chunk_size=4, n_kv_heads=2),
 }
@@ -34,6 +36,20 @@ def test_prefill_then_one_token_at_a_time_matches_full_forward(kind):
     for t in range(5, 12):
         logits, cache = step(model, tokens[:, t : t + 1], cache, t)
         np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_holds_what_the_accounting_says(kind):
+    """The arrays `init_cache` allocates are the accounting's decode state, per sequence; a sliding-window
+    layer keeps the whole buffer (a jit-stable shape) where the accounting charges only its window."""
+    cfg = dataclasses.replace(BASE, **KINDS[kind])
+    cache = init_cache(Transformer(cfg, nnx.Rngs(0)), 3, 12)
+    held = sum(leaf.nbytes for leaf in jax.tree.leaves(cache)) / 3
+    if cfg.attention == "sliding_window":
+        assert held > accounting.decode_state_bytes(cfg, 12)
+        assert held == accounting.decode_state_bytes(dataclasses.replace(cfg, window=12), 12)
+    else:
+        assert held == accounting.decode_state_bytes(cfg, 12)
 
 
 def test_greedy_generation_extends_with_the_argmax_of_the_full_model():

@@ -26,7 +26,18 @@ CASES = {
     "linear-elu1-swiglu": (dict(attention="linear", linear_chunk_size=64, ffn="swiglu"), 256),
     "linear-relu-gelu-gqa": (
         dict(attention="linear", linear_feature_map="relu", linear_chunk_size=32, n_kv_heads=2, ffn="gelu"), 128),
-    "mha-swiglu-untied-bias": (dict(ffn="swiglu", tie_embeddings=False, bias=True), 128),
+    "mha-swiglu-untied-bias": (dict(ffn="swiglu", tie_embeddings=False, bias="all"), 128),
+    "gqa-swiglu-qkv-bias": (dict(attention="gqa", n_kv_heads=2, bias="qkv"), 128),
+    "mha-geglu-wide-heads": (dict(head_dim=96, ffn="geglu"), 128),  # H·hd = 384 in a 256-wide model
+    "sliding-gelu-narrow-heads-blocked": (
+        dict(attention="sliding_window", window=48, head_dim=32, ffn="gelu", attention_impl="blocked"), 256),
+    # MoE: the capacity path runs (and XLA counts) every expert over its C slots, padding included
+    "moe-capacity-swiglu-e8k2": (dict(ffn="moe", moe_experts=8, moe_top_k=2, moe_dispatch="capacity"), 128),
+    "moe-capacity-gelu-shared-every2": (
+        dict(ffn="moe", moe_experts=4, moe_top_k=1, moe_shared_experts=1, moe_expert_ffn="gelu", moe_every=2,
+             moe_dispatch="capacity"), 256),
+    # dropless: XLA counts the grouped matmul densely over all E groups (modeling/ffn_kinds.py, _moe_xla_cost)
+    "moe-dropless-swiglu-e4k2": (dict(ffn="moe", moe_experts=4, moe_top_k=2, moe_dispatch="dropless"), 128),
 }
 TOLERANCE = 0.02
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from modeling.attention import linear_attention_chunked, linear_attention_recurrent
-from modeling.config import ModelConfig
+from modeling.config import ModelConfig, RopeScaling, validate_model
 from modeling.transformer import Transformer
 
 BASE = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32)
@@ -160,9 +160,72 @@ def test_remat_keeps_gradients(remat):
 
 
 def test_learned_positions_and_untied_head_and_layernorm_build():
-    model = build(position="learned", tie_embeddings=False, norm="layernorm", norm_bias=True, bias=True, qk_norm=True)
+    model = build(position="learned", tie_embeddings=False, norm="layernorm", norm_bias=True, bias="all", qk_norm=True)
     state = nnx.state(model, nnx.Param)
     paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)}
     assert any("pos_embed" in p for p in paths) and any("head" in p for p in paths)
     assert any("q_norm" in p for p in paths) and any("bias" in p for p in paths)
     assert model(tokens()).shape == (2, 16, BASE.vocab_size)
+
+
+def _param_paths(model: Transformer) -> set[str]:
+    state = nnx.state(model, nnx.Param)
+    return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)}
+
+
+@pytest.mark.parametrize("bias, biased", [
+    ("none", set()), ("qkv", {"query", "key", "value"}), ("all", {"query", "key", "value", "out", "gate", "up", "down"}),
+])
+def test_bias_kinds_put_biases_where_they_say(bias, biased):
+    layers = {p.split("['bias']")[0].rsplit("['", 1)[1].rstrip("']") for p in _param_paths(build(bias=bias))
+              if "['bias']" in p}
+    assert layers == biased
+
+
+def test_boolean_bias_means_all_or_none():
+    assert ModelConfig(bias=True) == ModelConfig(bias="all") and ModelConfig(bias=False) == ModelConfig()
+
+
+def test_head_dim_is_independent_of_d_model():
+    model = build(head_dim=12, attention="gqa", n_kv_heads=2)  # H·hd = 48 in a 32-wide model
+    proj = model.layers[0].attn.proj
+    assert proj.query.kernel.shape == (32, 48) and proj.key.kernel.shape == (32, 24)
+    assert proj.out.kernel.shape == (48, 32)
+    assert model(tokens()).shape == (2, 16, BASE.vocab_size)
+
+
+BAD_MODELS = [
+    (dict(init_std=float("nan")), "model.init_std: nan must be a finite number"),
+    (dict(norm_eps=float("inf")), "model.norm_eps: inf must be a finite number"),
+    (dict(rope_theta=-1.0), "model.rope_theta: -1.0 must be > 0"),
+    (dict(rope_scaling=RopeScaling(factor=float("nan"))), "model.rope_scaling.factor: nan must be a finite number"),
+    (dict(rope_scaling=RopeScaling(low_freq_factor=4.0, high_freq_factor=1.0)), "model.rope_scaling.high_freq_factor"),
+    (dict(n_layers=100_000_000), "model.n_layers: 100000000 exceeds 256 (2x the deepest published decoder"),
+    (dict(d_model=1 << 20, n_heads=1), "model.d_model: 1048576 exceeds 131,072"),
+    (dict(vocab_size=1 << 30), "model.vocab_size: 1073741824 exceeds 4,194,304"),
+    (dict(n_heads=0), "model.n_heads: 0 must be a positive integer"),
+    (dict(head_dim=0), "model.head_dim: 0 must be a positive integer"),
+    (dict(head_dim=7), "model.head_dim: 7 must be even for position=rope"),
+    (dict(d_model=36, n_heads=4), "model.d_model: head width d_model / n_heads = 9 must be even for position=rope"),
+    (dict(n_heads=3), "model.n_heads: 3 does not divide model.d_model=32 (or set model.head_dim)"),
+    (dict(bias="qvk"), "model.bias: 'qvk' is not allowed (did you mean 'qkv'?); choose one of none, qkv, all"),
+    (dict(attention="mhq"), "model.attention: 'mhq' is not allowed (did you mean 'mqa'?)"),
+    (dict(ffn="swiglo"), "model.ffn: 'swiglo' is not allowed (did you mean 'swiglu'?)"),
+    (dict(attention="gqa"), "model.n_kv_heads: required for attention=gqa"),
+    (dict(attention="mqa", n_kv_heads=2), "model.n_kv_heads: 2 must be 1 (or unset) for attention=mqa"),
+    (dict(attention="sliding_window"), "model.window: required for attention=sliding_window"),
+    (dict(window=4), "model.window: only used by attention=sliding_window (got attention=mha)"),
+    (dict(layer_pattern=("local", "glob")), "model.layer_pattern[1]: 'glob' is not allowed (did you mean 'global'?)"),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_MODELS, ids=[e.split(":")[0] + str(i) for i, (_, e) in
+                                                                  enumerate(BAD_MODELS)])
+def test_bad_model_fields_are_one_line_each_and_name_the_field(overrides, expected):
+    problems = validate_model(dataclasses.replace(BASE, **overrides))
+    assert any(p.startswith(expected) for p in problems), problems
+    assert all(p.startswith("model.") and "\n" not in p for p in problems)
+
+
+def test_decoupled_head_dim_need_not_divide_d_model():
+    assert validate_model(dataclasses.replace(BASE, n_heads=3, head_dim=10)) == []

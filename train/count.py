@@ -1,6 +1,6 @@
 """The compiler's own FLOP count of a training step, from abstract shapes (no weights are materialised).
 
-This is the ground truth the analytic conventions (modeling/accounting.py) are tested against. It counts
+This is the ground truth the analytic conventions (modeling/accounting/) are tested against. It counts
 forward + backward + loss of one sequence and no optimizer update (AdamW is ~10 FLOPs per parameter
 per step, not per token). XLA counts what the kernels compute, e.g. the full T×T causal attention map.
 """

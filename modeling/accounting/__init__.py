@@ -6,6 +6,9 @@
 - `xla`:    the same step as XLA's cost analysis counts it, to compare with the compiled count.
 - `memory`: KV-cache / decode-state bytes and a training-memory estimate.
 
+Each attention and FFN kind contributes through its registry entry (`modeling/attention_kinds.py`,
+`modeling/ffn_kinds.py`), so nothing here names a kind.
+
 `report` gathers everything `isoflop count` and a run's summary need into one plain dict.
 """
 
@@ -25,14 +28,15 @@ from modeling.accounting.flops import (
 from modeling.accounting.memory import (
     PRECISION_BYTES,
     activation_bytes_per_token,
+    constant_state_bytes,
     decode_state_bytes,
     kv_cache_bytes_per_token,
-    linear_state_bytes,
     training_memory_bytes,
 )
-from modeling.accounting.params import FFN_SHAPES, FfnShape, param_breakdown, param_counts
+from modeling.accounting.params import param_breakdown, param_counts
 from modeling.accounting.xla import xla_training_breakdown, xla_training_flops_per_token
 from modeling.config import ModelConfig
+from modeling.ffn_kinds import FfnShape, ffn_report, ffn_shape
 
 
 def report(cfg: ModelConfig, seq_len: int, batch_size: int, backend: str = "cpu") -> dict:
@@ -48,24 +52,25 @@ def report(cfg: ModelConfig, seq_len: int, batch_size: int, backend: str = "cpu"
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(cfg),
         "decode_state_bytes_at_seq_len": decode_state_bytes(cfg, seq_len),
         "training_memory_bytes": training_memory_bytes(cfg, batch_size, seq_len),
+        **ffn_report(cfg, seq_len, backend),
     }
 
 
 __all__ = [
     "CAUSAL_ATTENTION_HALVED",
     "CONVENTIONS",
-    "FFN_SHAPES",
     "FfnShape",
     "PRECISION_BYTES",
     "activation_bytes_per_token",
     "attention_context",
+    "constant_state_bytes",
     "decode_state_bytes",
     "flops_params",
     "forward_breakdown",
+    "ffn_shape",
     "forward_flops_per_token",
     "kv_cache_bytes_per_token",
     "layer_forward_flops",
-    "linear_state_bytes",
     "mfu_flops_per_token",
     "param_breakdown",
     "param_counts",

@@ -1,5 +1,8 @@
 """Analytic FLOPs per token under the conventions of DESIGN §4 (2 FLOPs per multiply-add).
 
+The convention names are `common.vocabulary.BUDGET_FLOP_CONVENTIONS`; each attention kind's share comes
+from its registry entry (`modeling/attention_kinds.py`), each FFN kind's from `modeling/ffn_kinds.py`.
+
 Every convention charges attention for the *full* context a query may see: causal attention is **not**
 halved (Kaplan et al. 2020 and Hoffmann et al. 2022 both count it so, and XLA computes the full T×T map
 anyway). `CAUSAL_ATTENTION_HALVED` says so in every report.
@@ -30,12 +33,13 @@ the inference cost per token of a full-context forward pass.
 
 from __future__ import annotations
 
-from typing import Callable
-
-from modeling.accounting.params import ffn_shape, param_counts
+from common.vocabulary import BUDGET_FLOP_CONVENTIONS
+from modeling import attention_kinds
+from modeling.accounting.params import param_counts
 from modeling.config import ModelConfig
+from modeling.ffn_kinds import ffn_shape
 
-CONVENTIONS = ("6N", "6N_attn", "chinchilla")
+CONVENTIONS = BUDGET_FLOP_CONVENTIONS
 CAUSAL_ATTENTION_HALVED = False  # every convention charges the full context (see module docstring)
 TRAINING_MULTIPLIER = 3  # forward + backward (2 × forward: gradients w.r.t. activations and weights)
 
@@ -48,61 +52,13 @@ def flops_params(cfg: ModelConfig) -> int:
 
 def attention_context(cfg: ModelConfig, layer: int, seq_len: int) -> int:
     """Kaplan's n_ctx for one layer: the keys a query is charged for (full context, not halved)."""
-    if cfg.attention == "linear":
-        return cfg.head_dim
-    if cfg.layer_kind(layer) == "local":
-        return min(cfg.window, seq_len)
-    return seq_len
-
-
-def _projections(cfg: ModelConfig) -> dict[str, float]:
-    q_width, kv_width = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    return {
-        "attention.qkv": 2.0 * cfg.d_model * (q_width + 2 * kv_width),
-        "attention.out": 2.0 * q_width * cfg.d_model,
-    }
-
-
-def softmax_attention_flops(cfg: ModelConfig, layer: int, seq_len: int) -> dict[str, float]:
-    """Appendix F's attention with T = the keys this layer's queries see (window for local layers)."""
-    keys = attention_context(cfg, layer, seq_len)
-    d_attn = cfg.n_heads * cfg.head_dim
-    return {
-        **_projections(cfg),
-        "attention.logits": 2.0 * keys * d_attn,
-        "attention.softmax": 3.0 * cfg.n_heads * keys,
-        "attention.values": 2.0 * keys * d_attn,
-    }
-
-
-def linear_attention_flops(cfg: ModelConfig, layer: int, seq_len: int) -> dict[str, float]:
-    """Chunked causal linear attention: C×C quadratic form within a chunk, hd×hd state across chunks."""
-    chunk = min(cfg.linear_chunk_size, seq_len)
-    heads, hd = cfg.n_heads, cfg.head_dim  # K/V heads are repeated to H before the feature map
-    return {
-        **_projections(cfg),
-        "attention.logits": 2.0 * chunk * heads * hd,
-        "attention.normaliser": heads * (chunk + 4.0 * hd),
-        "attention.values": 2.0 * chunk * heads * hd,
-        "attention.state": 4.0 * hd * heads * hd,
-    }
-
-
-# attention kind -> forward FLOPs per token of one layer, by op. Adding a kind = one entry here.
-ATTENTION_FLOPS: dict[str, Callable[[ModelConfig, int, int], dict[str, float]]] = {
-    "mha": softmax_attention_flops,
-    "gqa": softmax_attention_flops,
-    "mqa": softmax_attention_flops,
-    "sliding_window": softmax_attention_flops,
-    "linear": linear_attention_flops,
-}
+    return attention_kinds.get(cfg.attention).kaplan_context(cfg, layer, seq_len)
 
 
 def layer_forward_flops(cfg: ModelConfig, layer: int, seq_len: int) -> dict[str, float]:
     """Forward FLOPs per token of one block, by op (Chinchilla Appendix F counting)."""
-    if cfg.attention not in ATTENTION_FLOPS:
-        raise ValueError(f"model.attention: {cfg.attention!r} has no FLOP entry; known: {', '.join(ATTENTION_FLOPS)}")
-    return {**ATTENTION_FLOPS[cfg.attention](cfg, layer, seq_len), "ffn": ffn_shape(cfg).forward_flops}
+    attention = attention_kinds.get(cfg.attention).forward_flops(cfg, layer, seq_len)
+    return {**attention, "ffn": ffn_shape(cfg, layer).forward_flops}
 
 
 def forward_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
@@ -118,7 +74,7 @@ def forward_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
     """Forward-only (inference) FLOPs per token under each convention, context = seq_len."""
     two_n = 2.0 * flops_params(cfg)
-    d_attn = cfg.n_heads * cfg.head_dim
+    d_attn = cfg.n_heads * cfg.head_size
     kaplan_attention = sum(2.0 * attention_context(cfg, layer, seq_len) * d_attn for layer in range(cfg.n_layers))
     return {
         "6N": two_n,

@@ -1,7 +1,9 @@
 """Bytes: the KV cache (or linear attention's constant state) for decoding, and a training-memory estimate.
 
-Byte widths come from the precision policy by name (kept here as plain numbers so accounting needs no
-jax; `tests/test_accounting.py` checks them against `modeling.precision.POLICIES`).
+Byte widths come from the precision policy's dtype names in `modeling/config.py` (plain names, so
+accounting needs no jax; `modeling/precision.py` maps the same names to jax dtypes). What each layer
+keeps for decoding and for the backward pass comes from its attention kind's registry entry
+(`modeling/attention_kinds.py`).
 
 Training memory = weights + gradients + AdamW state + activations kept for the backward pass:
 - weights and gradients in the parameter dtype (fp32, or bf16 under precision=bf16);
@@ -12,7 +14,10 @@ Training memory = weights + gradients + AdamW state + activations kept for the b
                          and the softmax probabilities H·T in fp32 (XLA's attention materialises them;
                          a fused flash kernel would keep only H log-sum-exps);
     FFN sub-block:       norm input d, norm output d, and the hidden activations: gate, up and
-                         act(gate)·up (3·d_ff) for gated FFNs, up and act(up) (2·d_ff) otherwise.
+                         act(gate)·up (3·d_ff) for gated FFNs, up and act(up) (2·d_ff) otherwise;
+                         a routed (MoE) layer keeps that for its k + shared experts' rows, plus its
+                         dispatched inputs and expert outputs (k·d each) and the router's logits
+                         and probabilities (E each); capacity padding slots are not counted.
   For GPT-style shapes (H·hd = d, d_ff = 4d, 16-bit) this is 32·d + 4·H·T bytes per token, where
   Korthikanti et al. have 34·d + 5·H·T: their extra 2·d and H·T are dropout masks and the dropout
   output, and our probabilities are fp32 (4 bytes) where theirs are fp16 (2 bytes).
@@ -36,12 +41,16 @@ Not measured on GPU/TPU.
 
 from __future__ import annotations
 
-from modeling.accounting.params import ffn_shape, param_counts
-from modeling.config import ModelConfig
+from modeling import attention_kinds
+from modeling.accounting.params import param_counts
+from modeling.config import ACTIVATION_DTYPES, PARAM_DTYPES, ModelConfig
+from modeling.ffn_kinds import ffn_shape
 
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
 # precision policy -> (bytes per parameter, bytes per activation of the compute dtype)
-PRECISION_BYTES = {"fp32": (4, 4), "bf16_mixed": (4, 2), "bf16": (2, 2), "fp8": (4, 2)}
-FP32_BYTES = 4
+PRECISION_BYTES = {name: (DTYPE_BYTES[PARAM_DTYPES[name]], DTYPE_BYTES[ACTIVATION_DTYPES[name]])
+                   for name in PARAM_DTYPES}
+FP32_BYTES = DTYPE_BYTES["fp32"]
 ADAM_MOMENTS = 2
 
 
@@ -51,73 +60,46 @@ def _bytes(cfg: ModelConfig) -> tuple[int, int]:
     return PRECISION_BYTES[cfg.precision]
 
 
-def _caching_layers(cfg: ModelConfig) -> tuple[int, int]:
-    """(global, local) layers that keep a K/V cache; linear attention keeps none."""
-    if cfg.attention == "linear":
-        return 0, 0
-    local = sum(cfg.layer_kind(layer) == "local" for layer in range(cfg.n_layers))
-    return cfg.n_layers - local, local
+def decode_state_bytes(cfg: ModelConfig, context_len: int) -> int:
+    """Everything one sequence carries between decode steps at `context_len` tokens of context: each
+    layer's share, as its attention kind's registry entry states it."""
+    _, compute_bytes = _bytes(cfg)
+    kind = attention_kinds.get(cfg.attention)
+    return sum(kind.decode_state_bytes(cfg, layer, context_len, compute_bytes) for layer in range(cfg.n_layers))
+
+
+def constant_state_bytes(cfg: ModelConfig) -> int:
+    """The part of the decode state that does not grow with the context (linear attention's S and z)."""
+    return decode_state_bytes(cfg, 0)
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig) -> int:
-    """Bytes one more cached token costs while decoding (K and V, Hkv·hd each, per caching layer).
+    """Bytes one more cached token costs while decoding a short context (K and V, Hkv·hd each, per layer
+    that caches tokens): the growth of the decode state from 0 to 1 token of context.
 
     Local (sliding-window) layers stop growing past `window` tokens (see `decode_state_bytes`);
     linear attention caches no tokens (0): its state is constant-size.
     """
-    _, compute_bytes = _bytes(cfg)
-    global_layers, local_layers = _caching_layers(cfg)
-    return (global_layers + local_layers) * 2 * cfg.kv_heads * cfg.head_dim * compute_bytes
-
-
-def linear_state_bytes(cfg: ModelConfig) -> int:
-    """Linear attention's decode state per sequence: S (hd×hd) and z (hd) per head and layer, fp32.
-
-    Counted per query head, as the implementation holds it (K/V heads are repeated before the feature
-    map, so grouped heads share equal states and Hkv copies would suffice).
-    """
-    if cfg.attention != "linear":
-        return 0
-    return cfg.n_layers * cfg.n_heads * (cfg.head_dim**2 + cfg.head_dim) * FP32_BYTES
-
-
-def decode_state_bytes(cfg: ModelConfig, context_len: int) -> int:
-    """Everything one sequence carries between decode steps at `context_len` tokens of context."""
-    _, compute_bytes = _bytes(cfg)
-    global_layers, local_layers = _caching_layers(cfg)
-    per_layer_token = 2 * cfg.kv_heads * cfg.head_dim * compute_bytes
-    local_tokens = min(context_len, cfg.window) if local_layers else 0
-    return (
-        per_layer_token * (global_layers * context_len + local_layers * local_tokens)
-        + linear_state_bytes(cfg)
-    )
-
-
-def _attention_activation_bytes(cfg: ModelConfig, seq_len: int) -> float:
-    """Per token and layer: what attention's backward keeps beyond its projections' inputs/outputs."""
-    heads, hd = cfg.n_heads, cfg.head_dim
-    if cfg.attention == "linear":
-        chunk = min(cfg.linear_chunk_size, seq_len)
-        # C×C scores, fp32 q/k/v copies, per-chunk and prefix states (2·hd² + 2·hd per head per chunk)
-        return FP32_BYTES * heads * (chunk + 3 * hd + 2 * (hd * hd + hd) / chunk)
-    return FP32_BYTES * heads * seq_len  # probabilities (none/full) or scores (dots_saveable)
+    return decode_state_bytes(cfg, 1) - decode_state_bytes(cfg, 0)
 
 
 def activation_bytes_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Activation bytes kept for the backward pass per token of a batch (see module docstring)."""
     _, act = _bytes(cfg)
-    d, hd = cfg.d_model, cfg.head_dim
+    d, hd = cfg.d_model, cfg.head_size
     qkv, attn_out = (cfg.n_heads + 2 * cfg.kv_heads) * hd, cfg.n_heads * hd
-    ffn = ffn_shape(cfg)
-    attention = _attention_activation_bytes(cfg, seq_len)
-    full_layer = act * (4 * d + qkv + attn_out + (3 if ffn.gated else 2) * ffn.hidden_width) + attention
+    attention = attention_kinds.get(cfg.attention).activation_bytes(cfg, seq_len)
+    ffns = [ffn_shape(cfg, layer) for layer in range(cfg.n_layers)]
+    full = [act * (4 * d + qkv + attn_out + (3 if ffn.gated else 2) * ffn.hidden_width + ffn.routing_activations)
+            + attention for ffn in ffns]
     if cfg.remat == "none":
-        layers = cfg.n_layers * full_layer
+        layers = sum(full)
     elif cfg.remat == "full":
-        layers = cfg.n_layers * act * d + full_layer
+        layers = cfg.n_layers * act * d + max(full)
     elif cfg.remat == "dots_saveable":
-        dots = qkv + attn_out + d + (2 if ffn.gated else 1) * ffn.hidden_width + d
-        layers = cfg.n_layers * (act * (d + dots) + attention)
+        dots = [qkv + attn_out + d + (2 if ffn.gated else 1) * ffn.hidden_width + ffn.routing_activations + d
+                for ffn in ffns]
+        layers = sum(act * (d + layer_dots) + attention for layer_dots in dots)
     else:
         raise ValueError(f"model.remat: {cfg.remat!r} unknown; choose one of none, full, dots_saveable")
     head = act * 2 * d + FP32_BYTES * 2 * cfg.vocab_size

@@ -11,50 +11,14 @@ Conventions (the ones the scaling-law literature uses, Kaplan et al. 2020; Poria
 - `active`        parameters used per token: equals `total` for every dense FFN; a routed FFN (MoE)
                   registers an `FfnShape` whose `active_params` counts only the experts a token visits.
 
-Adding an FFN kind = one entry in `FFN_SHAPES` (its stored/active parameters, matmul FLOPs and hidden
-width); everything else (FLOPs, memory) reads it from there.
+FFN kinds come from their registry (`modeling/ffn_kinds.py`): stored/active parameters, matmul FLOPs
+and hidden width; everything else (FLOPs, memory) reads them from there.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
 from modeling.config import ModelConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class FfnShape:
-    """One layer's feed-forward block as the accounting sees it."""
-
-    params: int  # stored parameters (weights + biases)
-    active_params: int  # parameters a single token's forward pass uses
-    forward_flops: float  # matmul FLOPs per token, forward (2 per multiply-add)
-    hidden_width: int  # activation elements per token between up and down projections
-    gated: bool  # act(gate(x)) * up(x) (one extra d_ff-wide product per token)
-
-
-def dense_ffn(cfg: ModelConfig, n_matrices: int) -> FfnShape:
-    """`n_matrices` d×d_ff weight matrices (gate/up/down or up/down); biases on each output if cfg.bias."""
-    weights = n_matrices * cfg.d_model * cfg.d_ff
-    biases = ((n_matrices - 1) * cfg.d_ff + cfg.d_model) if cfg.bias else 0
-    params = weights + biases
-    return FfnShape(params, params, 2.0 * weights, cfg.d_ff, gated=n_matrices == 3)
-
-
-# ffn kind -> its shape. swiglu/geglu: W_gate, W_up (d×d_ff) and W_down (d_ff×d); gelu/relu2: W_up, W_down.
-FFN_SHAPES: dict[str, Callable[[ModelConfig], FfnShape]] = {
-    "swiglu": lambda cfg: dense_ffn(cfg, 3),
-    "geglu": lambda cfg: dense_ffn(cfg, 3),
-    "gelu": lambda cfg: dense_ffn(cfg, 2),
-    "relu2": lambda cfg: dense_ffn(cfg, 2),
-}
-
-
-def ffn_shape(cfg: ModelConfig) -> FfnShape:
-    if cfg.ffn not in FFN_SHAPES:
-        raise ValueError(f"model.ffn: {cfg.ffn!r} has no accounting entry; known: {', '.join(FFN_SHAPES)}")
-    return FFN_SHAPES[cfg.ffn](cfg)
+from modeling.ffn_kinds import ffn_shape
 
 
 def norm_params(cfg: ModelConfig, features: int) -> int:
@@ -63,15 +27,15 @@ def norm_params(cfg: ModelConfig, features: int) -> int:
 
 
 def attention_params(cfg: ModelConfig) -> int:
-    """Wq d×(H·hd), Wk and Wv d×(Hkv·hd), Wo (H·hd)×d, their biases, and QK-norm scales (hd each).
+    """Wq d×(H·hd), Wk and Wv d×(Hkv·hd), Wo (H·hd)×d, the biases model.bias asks for, QK-norm scales (hd each).
 
     The same for every attention kind: linear attention has the same four projections, and RoPE has no
     parameters. QK-norm is an RMSNorm over head_dim shared across heads, whatever `norm` says.
     """
-    q_width, kv_width = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    q_width, kv_width = cfg.n_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
     weights = cfg.d_model * (q_width + 2 * kv_width) + q_width * cfg.d_model
-    biases = (q_width + 2 * kv_width + cfg.d_model) if cfg.bias else 0
-    qk_norm = 2 * cfg.head_dim if cfg.qk_norm else 0
+    biases = (q_width + 2 * kv_width if cfg.has_bias("qkv") else 0) + (cfg.d_model if cfg.has_bias("out") else 0)
+    qk_norm = 2 * cfg.head_size if cfg.qk_norm else 0
     return weights + biases + qk_norm
 
 
@@ -82,7 +46,7 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
         "embed": cfg.vocab_size * cfg.d_model,
         "pos_embed": cfg.max_seq_len * cfg.d_model if cfg.position == "learned" else 0,
         "attention": cfg.n_layers * attention_params(cfg),
-        "ffn": cfg.n_layers * ffn_shape(cfg).params,
+        "ffn": sum(ffn_shape(cfg, layer).params for layer in range(cfg.n_layers)),
         "norms": cfg.n_layers * layer_norms + norm_params(cfg, cfg.d_model),
         "head": 0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size,
     }
@@ -96,7 +60,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     parts = param_breakdown(cfg)
     embedding = sum(parts[name] for name in EMBEDDING_COMPONENTS)
     non_embedding = sum(value for name, value in parts.items() if name not in EMBEDDING_COMPONENTS)
-    ffn = ffn_shape(cfg)
-    unused_per_token = cfg.n_layers * (ffn.params - ffn.active_params)
+    unused_per_token = sum(ffn_shape(cfg, layer).params - ffn_shape(cfg, layer).active_params
+                           for layer in range(cfg.n_layers))
     total = embedding + non_embedding
     return {"total": total, "embedding": embedding, "non_embedding": non_embedding, "active": total - unused_per_token}

@@ -8,11 +8,14 @@ The conventions in `flops.py` are *model* FLOPs; this is the analytic twin of th
   (`jax.nn.dot_product_attention` masks, it does not skip: sliding-window layers cost as much as global
   ones); the block-causal kernel (`blocked`, the CPU default; modeling/causal_attention.py) scores each
   query block against the keys it can see only; linear attention pads the sequence to whole chunks and
-  computes the full C×C block per chunk.
+  computes the full C×C block per chunk. A mixture of experts on its capacity path runs every expert
+  over all its capacity slots (padding included); on the dropless path XLA counts the grouped matmul
+  (`jax.lax.ragged_dot`) densely over every expert, E× the work the kernel does (modeling/ffn_kinds.py).
 - Element-wise work is charged at the FLOPs per element XLA counts for it, fwd + bwd together
-  (`ELEMENTWISE_FLOPS`, measured on XLA:CPU with JAX 0.10.2 in fp32 by differencing compiled counts
-  of whole models; `tests/test_flops_compiled.py` checks the total against the compiler). Exp, log,
-  tanh, rsqrt are "transcendentals" in XLA and are not in its `flops`, so these are small numbers.
+  (`ELEMENTWISE_FLOPS` here, `SOFTMAX_ELEMENTWISE` / `LINEAR_ELEMENTWISE` in modeling/attention_kinds.py
+  and each FFN kind's entry in modeling/ffn_kinds.py; measured on XLA:CPU with JAX 0.10.2 in fp32 by
+  differencing compiled counts of whole models; `tests/test_flops_compiled.py` checks the total against
+  the compiler). Exp, log, tanh, rsqrt are "transcendentals" in XLA and are not in its `flops`, so these are small numbers.
   XLA also duplicates cheap element-wise ops into several fusions, so the per-element costs are
   larger than a hand count of the formula (e.g. GELU ~40 rather than ~8·3).
 
@@ -24,7 +27,7 @@ below both because Kaplan's attention term leaves out the ·V reduction.
 Measured agreement with `train/count.py` (2 layers, d_model 256–512, seq 64–256, fp32, CPU): within
 0.05% for every attention and FFN kind, norm, RoPE and QK-norm. Known, unmodelled differences:
 - biases change how XLA fuses the activation after them (GELU drops ~14 FLOPs per hidden feature):
-  up to 0.3% here;
+  up to 0.3% here (model.bias=all; qkv biases touch no activation);
 - bf16 policies add dtype converts (+1.5% here); other backends fuse differently, and a fused
   attention kernel (cuDNN flash attention) may be a custom call XLA does not count at all;
 - remat recomputes part of the forward pass (hardware FLOPs, not model FLOPs): +18% for
@@ -33,126 +36,49 @@ Measured agreement with `train/count.py` (2 layers, d_model 256–512, seq 64–
 
 from __future__ import annotations
 
-import math
-
+from modeling import attention_kinds, ffn_kinds
 from modeling.accounting.flops import TRAINING_MULTIPLIER, forward_breakdown
-from modeling.accounting.params import ffn_shape
 from modeling.config import ModelConfig
 
-# FLOPs XLA counts per element, forward + backward (XLA:CPU, JAX 0.10.2, fp32).
+# FLOPs XLA counts per element, forward + backward (XLA:CPU, JAX 0.10.2, fp32), for the parts every
+# kind shares; the attention kernels' and FFN activations' costs sit with their registry entries.
 ELEMENTWISE_FLOPS = {
     "rmsnorm": 11.0,  # per feature of each normalised vector
     "layernorm": 16.0,
     "norm_bias": 3.0,
     "bias": 1.0,  # per output feature of a dense layer with a bias
     "residual": 3.0,  # per feature, each residual add (and its gradient fan-out)
-    "swiglu": 22.5,  # per hidden (d_ff) feature: activation, gating product, and their gradients
-    "geglu": 46.5,
-    "gelu": 41.0,
-    "relu2": 8.0,
-    "softmax": 20.75,  # per score element: scale, causal mask, max, exp-normalise, and the backward
-    "softmax_window": 2.25,  # extra per score element when a sliding window adds a second mask bound
-    "query_scale": 2.0,  # per query feature: the 1/sqrt(head_dim) scale
-    # attention_impl=blocked (fitted to compiled counts of 2-layer models, T 128-256, blocks 32-128):
-    "blocked_softmax": 15.0,  # per score element actually scored: scale, mask, softmax, flash backward
-    "blocked_softmax_window": 1.1,  # extra per score element for the sliding-window bound
-    "blocked_key_sums": 1.0,  # per key/value feature, per query block that sees it: dK and dV partial sums
-    "blocked_delta": 2.0,  # per query feature: rowsum(dO ⊙ O)
     "rope": 10.4,  # per rotated query/key feature
     "qk_norm": 18.0,  # per query/key feature normalised by QK-norm
     "loss": 4.0,  # per logit: log-softmax cross-entropy and its gradient
     "embedding": 8.0,  # per embedded feature: gather, scatter-add of the gradient, final bookkeeping
-    "linear_feature_map.elu1": 32.0,  # per query/key feature
-    "linear_feature_map.relu": 15.0,
-    "linear_chunk": 9.25,  # per C×C score element: causal mask, row sums, and their gradients
-    "linear_state": 2.0,  # per state element, chunk and earlier chunk: the exclusive cumsum, fwd + bwd
-    "linear_output": 8.0,  # per output feature: the division by the normaliser and its gradient
 }
 
 
-def _blocked_attention(cfg: ModelConfig, layer: int, seq_len: int) -> dict[str, float]:
-    """The block-causal kernel: query block [start, end) scores keys [first, end) only."""
-    heads, hd, block = cfg.n_heads, cfg.head_dim, cfg.attention_block_size
-    window = cfg.window if cfg.layer_kind(layer) == "local" else None
-    scored_keys = visited_keys = 0  # summed over queries, and over blocks
-    for start in range(0, seq_len, block):
-        end = min(start + block, seq_len)
-        first = 0 if window is None else max(0, start - window + 1)
-        scored_keys += (end - start) * (end - first)
-        visited_keys += end - first
-    score_elements = heads * scored_keys / seq_len  # per query token
-    per_score = ELEMENTWISE_FLOPS["blocked_softmax"]
-    if window is not None:
-        per_score += ELEMENTWISE_FLOPS["blocked_softmax_window"]
-    key_sums = ELEMENTWISE_FLOPS["blocked_key_sums"] * 2 * cfg.kv_heads * hd * visited_keys / seq_len
-    return {
-        "attention.scores": TRAINING_MULTIPLIER * 2.0 * 2.0 * score_elements * hd,  # QKᵀ and ·V
-        "attention.softmax": per_score * score_elements + key_sums + ELEMENTWISE_FLOPS["blocked_delta"] * heads * hd,
-    }
-
-
-def _softmax_attention(cfg: ModelConfig, layer: int, seq_len: int, backend: str = "cpu") -> dict[str, float]:
-    impl = cfg.attention_impl if cfg.attention_impl != "auto" else ("blocked" if backend == "cpu" else "xla")
-    if impl == "blocked":
-        return _blocked_attention(cfg, layer, seq_len)
-    heads, hd = cfg.n_heads, cfg.head_dim
-    score_elements = heads * seq_len  # per query token: full T keys, whatever the mask
-    per_score = ELEMENTWISE_FLOPS["softmax"]
-    if cfg.layer_kind(layer) == "local":
-        per_score += ELEMENTWISE_FLOPS["softmax_window"]
-    return {
-        "attention.scores": TRAINING_MULTIPLIER * 2.0 * 2.0 * seq_len * heads * hd,  # QKᵀ and ·V
-        "attention.softmax": per_score * score_elements + ELEMENTWISE_FLOPS["query_scale"] * heads * hd,
-    }
-
-
-def _linear_attention(cfg: ModelConfig, layer: int, seq_len: int, backend: str = "cpu") -> dict[str, float]:
-    chunk, heads, hd = cfg.linear_chunk_size, cfg.n_heads, cfg.head_dim
-    n_chunks = math.ceil(seq_len / chunk)
-    padded = n_chunks * chunk / seq_len  # padded tokens are computed too
-    # per padded token and head: scores 2·C·hd, ·v 2·C·hd, chunk state φkᵀv 2·hd²,
-    # read-out φq·S 2·hd², φq·z 2·hd
-    matmuls = heads * (4.0 * chunk * hd + 4.0 * hd * hd + 2.0 * hd)
-    feature_map = ELEMENTWISE_FLOPS[f"linear_feature_map.{cfg.linear_feature_map}"] * 2 * heads * hd
-    elementwise = (
-        ELEMENTWISE_FLOPS["linear_chunk"] * heads * chunk
-        + ELEMENTWISE_FLOPS["linear_output"] * heads * hd
-        + ELEMENTWISE_FLOPS["linear_state"] * heads * (hd * hd + hd) * (n_chunks - 1) / chunk
-    )
-    # One chunk: the cross-chunk state is a constant zero and XLA folds two of the state matmuls away.
-    folded = 4.0 * heads * hd * hd if n_chunks == 1 else 0.0
-    return {
-        "attention.scores": (TRAINING_MULTIPLIER * matmuls - folded) * padded,
-        "attention.softmax": feature_map + elementwise * padded,
-    }
-
-
-# attention kind -> (scores matmuls, element-wise) per token of one layer, as XLA counts them.
-XLA_ATTENTION = {
-    "mha": _softmax_attention,
-    "gqa": _softmax_attention,
-    "mqa": _softmax_attention,
-    "sliding_window": _softmax_attention,
-    "linear": _linear_attention,
-}
+def _bias_outputs(cfg: ModelConfig, layer: int) -> int:
+    """Output features of the dense layers that carry a bias under model.bias."""
+    q_width, kv_width, d = cfg.n_heads * cfg.head_size, cfg.kv_heads * cfg.head_size, cfg.d_model
+    ffn = ffn_kinds.ffn_shape(cfg, layer)
+    outputs = {"qkv": q_width + 2 * kv_width, "out": d, "ffn": (2 if ffn.gated else 1) * ffn.hidden_width + d}
+    return sum(width for part, width in outputs.items() if cfg.has_bias(part))
 
 
 def _layer(cfg: ModelConfig, layer: int, seq_len: int, backend: str) -> dict[str, float]:
-    q_width, kv_width, d = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.d_model
-    ffn = ffn_shape(cfg)
+    q_width, kv_width, d = cfg.n_heads * cfg.head_size, cfg.kv_heads * cfg.head_size, cfg.d_model
     norm = ELEMENTWISE_FLOPS[cfg.norm] + (ELEMENTWISE_FLOPS["norm_bias"] if cfg.norm_bias else 0.0)
-    ops = XLA_ATTENTION[cfg.attention](cfg, layer, seq_len, backend)
-    ops["norms"] = 2 * norm * d
-    ops["residual"] = 2 * ELEMENTWISE_FLOPS["residual"] * d
-    if cfg.ffn not in ELEMENTWISE_FLOPS:
-        raise ValueError(f"model.ffn: {cfg.ffn!r} has no measured element-wise cost; add it to ELEMENTWISE_FLOPS")
-    ops["ffn.activation"] = ELEMENTWISE_FLOPS[cfg.ffn] * ffn.hidden_width
-    ops["rope"] = ELEMENTWISE_FLOPS["rope"] * (q_width + kv_width) if cfg.position == "rope" else 0.0
-    ops["qk_norm"] = ELEMENTWISE_FLOPS["qk_norm"] * (q_width + kv_width) if cfg.qk_norm else 0.0
-    if cfg.bias:  # every dense output feature: q, k, v, out; gate/up and down
-        outputs = q_width + 2 * kv_width + d + (2 if ffn.gated else 1) * ffn.hidden_width + d
-        ops["bias"] = ELEMENTWISE_FLOPS["bias"] * outputs
-    return ops
+    mixing = attention_kinds.get(cfg.attention).xla_cost(cfg, layer, seq_len, backend)
+    ffn = ffn_kinds.xla_cost(cfg, layer, seq_len, backend)
+    return {
+        "matmul.ffn": TRAINING_MULTIPLIER * ffn.matmul,
+        "attention.scores": TRAINING_MULTIPLIER * mixing.matmul,
+        "attention.softmax": mixing.elementwise,
+        "norms": 2 * norm * d,
+        "residual": 2 * ELEMENTWISE_FLOPS["residual"] * d,
+        "ffn.activation": ffn.elementwise,
+        "rope": ELEMENTWISE_FLOPS["rope"] * (q_width + kv_width) if cfg.position == "rope" else 0.0,
+        "qk_norm": ELEMENTWISE_FLOPS["qk_norm"] * (q_width + kv_width) if cfg.qk_norm else 0.0,
+        "bias": ELEMENTWISE_FLOPS["bias"] * _bias_outputs(cfg, layer),
+    }
 
 
 def xla_training_breakdown(cfg: ModelConfig, seq_len: int, backend: str = "cpu") -> dict[str, float]:
@@ -162,7 +88,6 @@ def xla_training_breakdown(cfg: ModelConfig, seq_len: int, backend: str = "cpu")
     forward = forward_breakdown(cfg, seq_len)
     totals = {
         "matmul.projections": TRAINING_MULTIPLIER * (forward["attention.qkv"] + forward["attention.out"]),
-        "matmul.ffn": TRAINING_MULTIPLIER * forward["ffn"],
         "matmul.logits": TRAINING_MULTIPLIER * forward["logits"],
     }
     for layer in range(cfg.n_layers):
