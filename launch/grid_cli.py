@@ -7,11 +7,19 @@ import json
 import pathlib
 import sys
 
-from launch import plan as plan_lib
-from train.config import ConfigError
 from common.formatting import format_count, format_duration
+from common.validation import (
+    ConfigError,
+    non_negative_float,
+    non_negative_int,
+    one_line_parser_errors,
+    positive_float,
+    positive_int,
+)
+from common.vocabulary import BUDGET_FLOP_CONVENTIONS
+from launch import plan as plan_lib
 
-CONVENTION_ORDER = ("6N", "6N_attn", "chinchilla")
+PREFIX = "isoflop grid"  # every problem line of these commands starts so, as launch/cli.py prints them
 SLURM_OPTIONS = {  # CLI dest -> submitit AutoExecutor parameter
     "partition": "slurm_partition",
     "time": "timeout_min",
@@ -28,19 +36,21 @@ SLURM_OPTIONS = {  # CLI dest -> submitit AutoExecutor parameter
 
 
 def register(commands) -> None:
-    grid = commands.add_parser("grid", help="plan, run and follow isoFLOP / over-training / sweep grids")
+    grid = one_line_parser_errors(
+        commands.add_parser("grid", help="plan, run and follow isoFLOP / over-training / sweep grids"), PREFIX)
     kinds = grid.add_subparsers(dest="grid_command", required=True, metavar="ACTION")
 
     plan = kinds.add_parser("plan", help="the runs a grid spec makes: N, D, D/N, FLOPs, steps, time (no compute)")
     _common(plan)
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rate = plan.add_mutually_exclusive_group()
-    rate.add_argument("--tokens-per-second", type=float, help="estimate wall time at this training throughput")
-    rate.add_argument("--flops-per-second", type=float,
+    rate.add_argument("--tokens-per-second", type=positive_float,
+                      help="estimate wall time at this training throughput")
+    rate.add_argument("--flops-per-second", type=positive_float,
                       help="estimate wall time at this achieved FLOP/s (chinchilla count, as MFU counts)")
-    rate.add_argument("--bench", type=int, nargs="?", const=5, metavar="STEPS",
+    rate.add_argument("--bench", type=positive_int, nargs="?", const=5, metavar="STEPS",
                       help="measure tokens/s of each distinct model for STEPS steps (default 5) and estimate from it")
-    plan.add_argument("--startup-seconds", type=float, default=0.0,
+    plan.add_argument("--startup-seconds", type=non_negative_float, default=0.0,
                       help="fixed cost per run added to each estimate (process start, data, compile)")
     plan.set_defaults(func=_plan)
 
@@ -49,17 +59,17 @@ def register(commands) -> None:
     run.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
                      help="local: `isoflop train` subprocesses (default); slurm: submitit (falls back to local "
                           "subprocesses without SLURM); debug: submitit in this process")
-    run.add_argument("--max-parallel", type=int, default=1, metavar="K", help="runs at a time (default 1)")
+    run.add_argument("--max-parallel", type=positive_int, default=1, metavar="K", help="runs at a time (default 1)")
     run.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these cells")
     cluster = run.add_argument_group("SLURM (submitit) options, with --executor slurm")
     cluster.add_argument("--partition")
-    cluster.add_argument("--time", type=int, metavar="MINUTES",
+    cluster.add_argument("--time", type=positive_int, metavar="MINUTES",
                          help=f"time limit per run (default {24 * 60}; submitit requeues a run that hits it)")
-    cluster.add_argument("--gpus-per-node", type=int)
-    cluster.add_argument("--cpus-per-task", type=int)
-    cluster.add_argument("--mem-gb", type=int)
-    cluster.add_argument("--nodes", type=int, help="nodes per run (multi-host JAX: see launch/multihost.py)")
-    cluster.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU for multi-process JAX)")
+    cluster.add_argument("--gpus-per-node", type=non_negative_int)
+    cluster.add_argument("--cpus-per-task", type=positive_int)
+    cluster.add_argument("--mem-gb", type=positive_int)
+    cluster.add_argument("--nodes", type=positive_int, help="nodes per run (multi-host JAX: see train/multihost.py)")
+    cluster.add_argument("--tasks-per-node", type=positive_int, help="processes per node (one per GPU for multi-process JAX)")
     cluster.add_argument("--account")
     cluster.add_argument("--qos")
     cluster.add_argument("--constraint")
@@ -75,6 +85,7 @@ def register(commands) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    one_line_parser_errors(parser, PREFIX)
     parser.add_argument("spec", metavar="GRID.yaml", help="grid spec (see configs/grids/)")
     parser.add_argument("--out-dir", help="root of the run directories (default: the spec's out_dir, else the base "
                                           "config's run.out_dir)")
@@ -89,19 +100,12 @@ def _load(args) -> plan_lib.GridPlan:
 
 def _estimates(args, grid: plan_lib.GridPlan) -> tuple[list[float | None], str | None]:
     if args.bench is not None:
-        if args.bench < 1:
-            raise ConfigError([f"--bench: {args.bench} steps must be >= 1"])
         rates = _bench(grid, args.bench)
-        seconds = [args.startup_seconds + rates[_shape_key(run)][1] + run.tokens / rates[_shape_key(run)][0]
+        seconds = [args.startup_seconds + rates[_shape_key(run)][1]
+                   + run.added_steps * run.budget.tokens_per_step / rates[_shape_key(run)][0]
                    for run in grid.runs]
         return seconds, (f"measured tokens/s per model ({args.bench} steps each) + compile time"
                          + (f" + {args.startup_seconds:g} s per run" if args.startup_seconds else ""))
-    for name in ("tokens_per_second", "flops_per_second"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise ConfigError([f"--{name.replace('_', '-')}: {value} must be > 0"])
-    if args.startup_seconds < 0:
-        raise ConfigError([f"--startup-seconds: {args.startup_seconds} must be >= 0"])
     if args.tokens_per_second is None and args.flops_per_second is None:
         return [None] * len(grid.runs), None
     seconds = [plan_lib.estimate_seconds(run, tokens_per_second=args.tokens_per_second,
@@ -152,6 +156,13 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
                                for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
+def _origin(run: plan_lib.PlannedRun) -> str:
+    """Where a run's training starts: step 0, or a branch's stable run and step."""
+    if run.role == "branch":
+        return f"{run.parent}@{run.prefix_steps}"
+    return "0 (stable)" if run.role == "stable" else "0"
+
+
 def _plan(args) -> int:
     grid = _load(args)
     seconds, basis = _estimates(args, grid)
@@ -170,24 +181,32 @@ def _plan(args) -> int:
           f"run dirs {spec.grid_dir}/<run_id>")
     print(f"N = {grid.runs[0].params_key} params; budgets spent under {convention}; C[x] = training FLOPs of the run "
           "under convention x")
-    header = ["run_id", "N", "D", "D/N", "steps"] + [f"C[{name}]" for name in CONVENTION_ORDER]
+    header = ["run_id", "N", "D", "D/N", "steps"] + [f"C[{name}]" for name in BUDGET_FLOP_CONVENTIONS] + \
+        ["lr", "warmup", "starts from"]
     if basis:
         header.append("est. time")
     rows = [header]
     for run, estimate in zip(grid.runs, seconds):
         row = [run.run_id, format_count(run.n_params), format_count(run.tokens),
                plan_lib.format_ratio(run.tokens_per_param),
-               str(run.steps)] + [_flops(run.flops[name]) for name in CONVENTION_ORDER]
+               str(run.steps)] + [_flops(run.flops[name]) for name in BUDGET_FLOP_CONVENTIONS] + \
+            [plan_lib.format_number(run.config.optimizer.learning_rate), str(run.warmup[0]), _origin(run)]
         if basis:
             row.append(format_duration(estimate))
         rows.append(row)
     totals = grid.totals()
     total_row = ["total", "", format_count(totals["tokens"]), "", str(totals["steps"])] + \
-        [_flops(totals["flops"][name]) for name in CONVENTION_ORDER]
+        [_flops(totals["flops"][name]) for name in BUDGET_FLOP_CONVENTIONS] + ["", "", ""]
     if basis:
         total_row.append(format_duration(sum(seconds)))
     rows.append(total_row)
-    print(_table(rows, right=set(range(1, len(header)))))
+    print(_table(rows, right=set(range(1, len(header))) - {len(header) - 1 - bool(basis)}))
+    if any(run.role == "branch" for run in grid.runs):
+        print("branches: D, steps and C count each whole run; the total counts a shared prefix once (its stable run)")
+    warmups = sorted({f"{run.config.optimizer.warmup_rule}" for run in grid.runs})
+    print(f"warmup rule: {', '.join(warmups)} (optimizer.warmup_rule); lr: "
+          + ("the lr sweep's rates, fits keep each cell's lowest final eval loss" if grid.spec.learning_rates
+             else "optimizer.learning_rate of each run's config"))
     if basis:
         print(f"estimated from {basis}")
     for item in grid.dropped:
@@ -211,10 +230,6 @@ def _run(args) -> int:
             given.append("--no-wait")
         if given:
             raise ConfigError([f"{given[0]}: only used with --executor slurm (got --executor {args.executor})"])
-    for dest in ("time", "gpus_per_node", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node"):
-        value = getattr(args, dest)
-        if value is not None and value < (0 if dest == "gpus_per_node" else 1):
-            raise ConfigError([f"--{dest.replace('_', '-')}: {value} must be a positive integer"])
     return runner.run_grid(grid, executor=args.executor, max_parallel=args.max_parallel, only=args.only,
                            slurm=slurm, wait=not args.no_wait)
 
@@ -234,13 +249,14 @@ def _status(args) -> int:
                           "runs": [item.to_dict() for item in statuses], "not_in_plan": strays}, indent=2))
         return 0
     print(f"grid {grid.spec.name} ({grid.spec.kind}): run dirs {grid.spec.grid_dir}")
-    rows = [["run_id", "status", "step", "eval loss", "wall", "detail"]]
+    rows = [["run_id", "status", "step", "eval loss", "wall", "lr", "fit", "detail"]]
     for item in statuses:
         step = f"{item.step if item.step is not None else '-'}/{item.planned_steps}"
         loss = f"{item.final_eval_loss:.4f}" if item.final_eval_loss is not None else "-"
         wall = format_duration(item.wall_seconds) if item.wall_seconds is not None else "-"
-        rows.append([item.run_id, item.status, step, loss, wall, item.detail])
-    print(_table(rows, right={2, 3, 4}))
+        rows.append([item.run_id, item.status, step, loss, wall, plan_lib.format_number(item.learning_rate),
+                     item.fit or "-", item.detail])
+    print(_table(rows, right={2, 3, 4, 5}))
     print(f"{len(statuses)} runs: " + ", ".join(f"{count} {name}" for name, count in counts.items()))
     if strays:
         print(f"not in this plan (an older spec?), yet read by analysis of {grid.spec.grid_dir}: {', '.join(strays)}")

@@ -5,13 +5,25 @@ A spec names a base config, overrides for every run, a kind and that kind's axes
 - `isoflop`   FLOP budgets C × model sizes; each cell trains under `budget.flops = C` (one convention),
               and cells whose tokens per parameter D/N fall outside `tokens_per_param`, or that need
               fewer than `min_steps` steps, are dropped with the reason (Hoffmann et al. 2022, approach 2).
-- `overtrain` model sizes × token multipliers M = D/N (`budget.token_multiplier`; Gadre et al. 2024).
+- `overtrain` model sizes × token multipliers M = D/N (`budget.token_multiplier`; Gadre et al. 2024). By
+              default (`branches: true`) as WSD cooldown branches (Hägele et al. 2024; train/branches.py):
+              one warmup–stable run per size (`stable-<model>`, role stable) and a decay branch per M that
+              starts from its checkpoint; the grid total counts the shared prefix once, each branch's own
+              FLOPs and summary the whole D.
 - `sweep`     the cartesian product of arbitrary overrides at the base budget (an architecture sweep).
+
+isoflop and overtrain grids may sweep the peak learning rate (`lr_sweep: {rates: [...]}` or `{min, max,
+count}`, log-spaced): every cell is trained at each rate (`-lr<rate>` run ids, one `run.lr_sweep` group per
+cell), and fits keep each group's lowest final eval loss (common/fit_points.py). `resources:` says what
+each run needs on a cluster (SLURM through submitit, GKE manifests from launch/export.py).
 
 Model sizes are a list of presets/overrides (`models`) or a ladder generated at a fixed aspect ratio
 (`ladder`). Every run gets run.experiment = the grid's name and a run_id that describes its cell
 (`C3e13-d128-l4`, `M20-d64-l2`, `attention-gqa_ffn-gelu`), so its directory is out_dir/name/run_id.
-Every problem is reported on its own line naming the field and what is allowed, before any run starts.
+
+The YAML is read into typed frozen dataclasses (one per kind, so a key of another kind is an unknown key
+with a did-you-mean) through `common.validation.build`, then resolved into a `GridSpec`: every problem is
+reported on its own line naming the field and what is allowed, before any run starts.
 """
 
 from __future__ import annotations
@@ -23,32 +35,152 @@ import itertools
 import math
 import pathlib
 import re
+import typing
 
-import yaml
-
-from modeling.accounting import CONVENTIONS, param_counts
+from common.validation import (
+    ConfigError,
+    build,
+    coerce,
+    name_component,
+    one_of,
+    output_directory,
+    positive,
+    read_yaml_mapping,
+)
+from common.vocabulary import BUDGET_FLOP_CONVENTIONS, PARAM_KINDS
+from modeling.accounting import param_counts
+from train import branches as branches_lib
 from train import budget as budget_lib
 from train import config as config_lib
-from train.config import CONFIG_ROOT, Config, ConfigError, read_yaml_mapping
+from train.config import CONFIG_ROOT, MAX_SEED, Config
+from train.lengths import warmup_steps
 
 KINDS = ("isoflop", "overtrain", "sweep")
-PARAMS_KINDS = ("non_embedding", "total", "active")
 # Achieved FLOP/s is counted like the trainer's MFU: Hoffmann et al.'s count covers all the matmul work.
 RATE_CONVENTION = "chinchilla"
 GRID_DIR = "_grid"  # out_dir/name/_grid: resolved configs, logs, launcher state (no summary.json inside)
-
-COMMON_KEYS = ("name", "kind", "description", "base", "overrides", "out_dir", "seeds", "min_steps")
-KIND_KEYS = {
-    "isoflop": ("budgets", "convention", "models", "ladder", "tokens_per_param", "params"),
-    "overtrain": ("token_multipliers", "convention", "models", "ladder", "params"),
-    "sweep": ("axes",),
-}
-LADDER_KEYS = ("d_model", "n_layers", "aspect_ratio", "head_dim", "ffn_ratio", "ffn_multiple")
-MODEL_KEYS = ("preset", "name", "overrides")
+# Fields the grid sets in every run (experiment = name, run_id per cell, out_dir from the spec or --out-dir).
+GRID_SET_FIELDS = ("run.experiment", "run.run_id", "run.out_dir", "run.lr_sweep", "run.branch_points",
+                   "run.branch_from")
+MAX_SWEEP_RATES = 64  # a log-spaced range longer than this is a typo (count: 1000)
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 
-# ----------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------ the YAML, typed
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """`resources:` what each run needs on a cluster: submitit's SLURM parameters, and the GKE pod's."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1  # processes per node (one per GPU for multi-process JAX)
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    timeout_min: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: tuple[str, ...] = ()  # shell lines run before each job (e.g. 'module load cuda')
+    env: dict | None = None  # environment variables of every run: NAME: value
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecFields:
+    """The keys every grid kind has, as written in the YAML."""
+
+    kind: str = ""
+    name: str | None = None  # default: the spec file's stem
+    description: str = ""
+    base: str | None = None  # a config YAML, next to the spec or under configs/
+    overrides: typing.Any = None  # a mapping {dotted.key: value} or a list of 'dotted.key=value'
+    out_dir: str | None = None  # default: the base config's run.out_dir
+    seeds: tuple[int, ...] | None = None
+    min_steps: int = 1
+    resources: Resources | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LrSweep:
+    """`lr_sweep:` the peak learning rates each cell is trained at: `rates`, or `count` rates log-spaced
+    from `min` to `max` (both included). Fits keep each cell's lowest final eval loss."""
+
+    rates: tuple[float, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    count: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokensPerParam:
+    """`tokens_per_param:` the window of D/N an isoflop grid keeps; cells outside it are dropped."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SizedFields(SpecFields):
+    """The keys of the kinds that train model sizes under a budget axis."""
+
+    convention: str | None = None  # default: the base config's budget.convention
+    params: str = "non_embedding"  # which parameter count is N in D/N
+    models: tuple[typing.Any, ...] | None = None  # each a preset name or a mapping (ModelEntry)
+    ladder: dict | None = None  # a Ladder, parsed by `parse_ladder` (its ratios may be fractions like '8/3')
+    lr_sweep: LrSweep | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoflopFields(SizedFields):
+    budgets: tuple[float, ...] | None = None
+    tokens_per_param: TokensPerParam | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OvertrainFields(SizedFields):
+    token_multipliers: tuple[float, ...] | None = None
+    branches: bool = True  # WSD cooldown branches off one stable run per size (module docstring)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepFields(SpecFields):
+    axes: dict | None = None  # dotted.key: [values], or name: {label: {dotted.key: value, ...}}
+
+
+KIND_FIELDS = {"isoflop": IsoflopFields, "overtrain": OvertrainFields, "sweep": SweepFields}
+KIND_AXIS = {"isoflop": ("budgets", "budget.flops", "C", "budget_flops",
+                         "a list of FLOP budgets, e.g. [1e12, 3e12, 1e13]"),
+             "overtrain": ("token_multipliers", "budget.token_multiplier", "M", "token_multiplier",
+                           "a list of D/N, e.g. [5, 20, 80]")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ladder:
+    """`ladder:` model sizes at a fixed aspect ratio d_model / n_layers (see `ladder_models`)."""
+
+    d_model: tuple[int, ...] | None = None
+    n_layers: tuple[int, ...] | None = None
+    aspect_ratio: fractions.Fraction = fractions.Fraction(32)
+    head_dim: int = 32
+    ffn_ratio: fractions.Fraction = fractions.Fraction(8, 3)
+    ffn_multiple: int = 32
+
+
+_LADDER_RATIOS = ("aspect_ratio", "ffn_ratio")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One `models:` entry as written: a preset, overrides on top of it, a label for run ids."""
+
+    preset: str | None = None
+    name: str | None = None
+    overrides: typing.Any = None  # as SpecFields.overrides
+
+
+# ----------------------------------------------------------------------------------- the plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +210,9 @@ class PlannedRun:
     budget: budget_lib.BudgetPlan
     params: dict  # param_counts of the model
     params_key: str  # which count is "N" for D/N
+    role: str = "run"  # run | stable (a WSD stable phase, not a fit point) | branch (common.run_contract.ROLES)
+    parent: str | None = None  # a branch: the run id of its stable run
+    prefix_steps: int = 0  # a branch: the steps it shares with its stable run (trained once, by the stable run)
 
     @property
     def n_params(self) -> int:
@@ -99,8 +234,27 @@ class PlannedRun:
     def flops(self) -> dict[str, float]:
         return self.budget.flops
 
+    @property
+    def added_steps(self) -> int:
+        """The steps this run adds to the grid: all of them, or a branch's decay only."""
+        return self.steps - self.prefix_steps
+
+    @property
+    def added_flops(self) -> dict[str, float]:
+        return self.budget.flops_after(self.added_steps * self.budget.tokens_per_step)
+
+    @property
+    def warmup(self) -> tuple[int, str]:
+        return warmup_steps(self.config, self.steps)
+
+    @property
+    def learning_rate_source(self) -> str:
+        group = self.config.run.lr_sweep
+        return "optimizer.learning_rate" if group is None else f"lr sweep {group}: fits keep its lowest eval loss"
+
     def to_dict(self) -> dict:
         model = self.config.model
+        warmup, warmup_source = self.warmup
         return {
             "run_id": self.run_id,
             "coords": dict(self.coords),
@@ -115,6 +269,16 @@ class PlannedRun:
             "budget_convention": self.budget.convention,
             "budget_flops": self.budget.budget_flops,
             "flops": dict(self.flops),
+            "role": self.role,
+            "parent": self.parent,
+            "prefix_steps": self.prefix_steps,
+            "added_steps": self.added_steps,
+            "added_flops": self.added_flops,
+            "learning_rate": self.config.optimizer.learning_rate,
+            "learning_rate_source": self.learning_rate_source,
+            "lr_sweep": self.config.run.lr_sweep,
+            "warmup_steps": warmup,
+            "warmup_source": f"{self.config.optimizer.warmup_rule}: {warmup_source}",
         }
 
 
@@ -126,16 +290,26 @@ class Dropped:
 
 @dataclasses.dataclass(frozen=True)
 class GridSpec:
+    """A checked spec: every path found, every axis parsed, every model size labelled."""
+
     path: pathlib.Path
     name: str
     kind: str
     description: str
     base: pathlib.Path
-    overrides: dict
+    overrides: dict  # dotted key -> value, for every run
     out_dir: pathlib.Path
     seeds: tuple[int, ...] | None
     min_steps: int
-    raw: dict  # the kind-specific keys, checked
+    values: tuple[float, ...] = ()  # isoflop: FLOP budgets; overtrain: token multipliers
+    convention: str | None = None
+    params: str = "non_embedding"
+    models: tuple[ModelChoice, ...] = ()  # isoflop/overtrain, labelled
+    tokens_per_param: TokensPerParam = TokensPerParam()
+    axes: tuple[tuple[str, tuple[tuple[str, dict], ...]], ...] = ()  # sweep: (axis, ((label, overrides), ...))
+    learning_rates: tuple[float, ...] = ()  # lr_sweep: every cell at each of these peak rates
+    branches: bool = False  # overtrain: WSD branches off a stable run per size
+    resources: Resources = Resources()
 
     @property
     def grid_dir(self) -> pathlib.Path:
@@ -159,13 +333,20 @@ class GridPlan:
     def config_path(self, run: PlannedRun | str) -> pathlib.Path:
         return self.spec.state_dir / "configs" / f"{run if isinstance(run, str) else run.run_id}.yaml"
 
+    def run(self, run_id: str) -> PlannedRun:
+        return next(run for run in self.runs if run.run_id == run_id)
+
     def totals(self) -> dict:
+        """What the grid trains: a branch's shared prefix counts once (in its stable run). `flops_standalone`:
+        what the runs that are fit points would cost trained one by one (no branches)."""
+        points = [run for run in self.runs if run.role != "stable"]
         return {
             "runs": len(self.runs),
             "dropped": len(self.dropped),
-            "tokens": sum(run.tokens for run in self.runs),
-            "steps": sum(run.steps for run in self.runs),
-            "flops": {name: sum(run.flops[name] for run in self.runs) for name in CONVENTIONS},
+            "tokens": sum(run.added_steps * run.budget.tokens_per_step for run in self.runs),
+            "steps": sum(run.added_steps for run in self.runs),
+            "flops": {name: sum(run.added_flops[name] for run in self.runs) for name in BUDGET_FLOP_CONVENTIONS},
+            "flops_standalone": {name: sum(run.flops[name] for run in points) for name in BUDGET_FLOP_CONVENTIONS},
         }
 
     def to_dict(self) -> dict:
@@ -213,35 +394,11 @@ def safe_run_id(text: str) -> str:
     return _RUN_ID_UNSAFE.sub("_", text).strip("_") or "run"
 
 
-# ------------------------------------------------------------------------------- checking fields
-
-
-class _Problems(list):
-    def check_keys(self, where: str, raw: dict, allowed) -> None:
-        for key in raw:
-            if key not in allowed:
-                close = config_lib._suggest(str(key), allowed)
-                self.append(f"{where}{key}: unknown key{close}; allowed: {', '.join(allowed)}")
-
-
-def _number(value, field: str, problems: list, *, positive: bool = True) -> float | None:
-    """A number from YAML; strings like '1e12' count (YAML 1.1 reads an exponent without a dot as text)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        problems.append(f"{field}: expected a number, got {value!r}")
-        return None
-    if positive and value <= 0:
-        problems.append(f"{field}: {value!r} must be > 0")
-        return None
-    return float(value)
+# ---------------------------------------------------------------------------------- field parsers
 
 
 def _ratio(value, field: str, problems: list) -> fractions.Fraction | None:
-    """A positive ratio: a number or an exact fraction string such as '8/3'."""
+    """A positive ratio: a finite number or an exact fraction string such as '8/3'."""
     if isinstance(value, str) and "/" in value:
         try:
             ratio = fractions.Fraction(value.replace(" ", ""))
@@ -249,8 +406,10 @@ def _ratio(value, field: str, problems: list) -> fractions.Fraction | None:
             problems.append(f"{field}: {value!r} is not a number or a fraction like '8/3'")
             return None
     else:
-        number = _number(value, field, problems)
-        if number is None:
+        found: list[str] = []
+        number = coerce(value, float, field, found)
+        if found:
+            problems += found
             return None
         ratio = fractions.Fraction(number).limit_denominator(10**6)
     if ratio <= 0:
@@ -259,29 +418,20 @@ def _ratio(value, field: str, problems: list) -> fractions.Fraction | None:
     return ratio
 
 
-def _integer(value, field: str, problems: list, minimum: int = 1) -> int | None:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        problems.append(f"{field}: expected an integer >= {minimum}, got {value!r}")
-        return None
-    return value
-
-
-def _list(value, field: str, problems: list) -> list:
-    if not isinstance(value, list) or not value:
-        problems.append(f"{field}: expected a non-empty list, got {value!r}")
-        return []
-    return value
-
-
-def _one_of(value, field: str, allowed, problems: list) -> None:
-    if value not in allowed:
-        problems.append(f"{field}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+def _positive_list(values: tuple, field: str, problems: list) -> tuple:
+    """A non-empty list of numbers > 0 without repeats (already typed by `build`)."""
+    if not values:
+        problems.append(f"{field}: expected a non-empty list, got []")
+        return ()
+    found = [problem for i, value in enumerate(values) for problem in positive(f"{field}[{i}]", value)]
+    problems += found
+    if not found and len(set(values)) != len(values):
+        problems.append(f"{field}: {list(values)} repeats a value")
+    return tuple(values)
 
 
 def _overrides(value, field: str, problems: list) -> dict:
-    """Overrides as a mapping {dotted.key: value} or a list of 'dotted.key=value' strings."""
+    """Overrides as a mapping {dotted.key: value} or a list of 'dotted.key=value' strings (values safe YAML)."""
     if value is None:
         return {}
     if isinstance(value, dict):
@@ -290,24 +440,28 @@ def _overrides(value, field: str, problems: list) -> dict:
             problems.append(f"{field}: keys must be dotted field names like model.d_model, got {bad[0]!r}")
             return {}
         return dict(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         parsed = {}
         for i, item in enumerate(value):
-            key, sep, text = str(item).partition("=")
-            if not isinstance(item, str) or not sep or not key:
+            if not isinstance(item, str):
                 problems.append(f"{field}[{i}]: {item!r} must look like section.field=value")
                 continue
-            parsed[key] = yaml.safe_load(text) if text else None
+            try:
+                key, parsed[key] = config_lib.parse_override(item, f"{field}[{i}]")
+            except ConfigError as err:
+                problems += err.problems
         return parsed
     problems.append(f"{field}: expected a mapping of dotted.key: value (or a list of key=value), got {value!r}")
     return {}
 
 
 def _find_config(target: str, relative_to: pathlib.Path) -> pathlib.Path | None:
+    """The first of target[.yaml] next to the spec, under configs/, under configs/models/ that exists (a
+    directory too, so the problem can say it is one)."""
     names = [target] if target.endswith((".yaml", ".yml")) else [target, f"{target}.yaml"]
     for root in (relative_to, CONFIG_ROOT, CONFIG_ROOT / "models"):
         for name in names:
-            if (root / name).is_file():
+            if (root / name).exists():
                 return root / name
     return None
 
@@ -316,126 +470,204 @@ def _find_config(target: str, relative_to: pathlib.Path) -> pathlib.Path | None:
 
 
 def load_spec(path: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> GridSpec:
-    """Read and check a grid spec's own fields (the configs it makes are checked by `plan`)."""
+    """Read and check a grid spec (the configs it makes are checked by `plan`); `out_dir` is --out-dir."""
     path = pathlib.Path(path)
-    raw = read_yaml_mapping(path, "grid", "name, kind, base, ...")
-    problems = _Problems()
+    raw = read_yaml_mapping(path, "spec", "name, kind, base, ...")
     kind = raw.get("kind")
     if kind not in KINDS:
-        problems.append(f"kind: {kind!r} is not allowed; choose one of {', '.join(KINDS)}")
+        raise ConfigError(one_of("kind", kind, KINDS))
+    problems: list[str] = []
+    fields = build(KIND_FIELDS[kind], raw, "", problems)
+    if problems:  # the checks below need the types right
         raise ConfigError(problems)
-    problems.check_keys("", raw, COMMON_KEYS + KIND_KEYS[kind])
-
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or safe_run_id(name) != name:
-        problems.append(f"name: {name!r} must be a non-empty name of letters, digits and . _ + = -")
-    base_value = raw.get("base")
-    base = None
-    if not isinstance(base_value, str):
-        problems.append(f"base: expected the path of a config YAML (e.g. tiny.yaml), got {base_value!r}")
-    else:
-        base = _find_config(base_value, path.parent)
-        if base is None:
-            problems.append(f"base: {base_value!r} not found next to {path} or under {CONFIG_ROOT}")
-    overrides = _overrides(raw.get("overrides"), "overrides", problems)
+    name = fields.name if fields.name is not None else path.stem
+    problems += name_component("name", name)
+    base = _base(fields.base, path, problems)
+    overrides = _overrides(fields.overrides, "overrides", problems)
     for key in overrides:
-        if key.split(".")[0] == "run" and key.split(".")[-1] in ("experiment", "run_id", "out_dir"):
+        if key in GRID_SET_FIELDS:
             problems.append(f"overrides.{key}: set by the grid (experiment = name, run_id per cell, out_dir "
-                            "from the spec's out_dir or --out-dir)")
-    seeds = None
-    if "seeds" in raw:
-        seeds = tuple(_integer(seed, f"seeds[{i}]", problems, minimum=0)
-                      for i, seed in enumerate(_list(raw["seeds"], "seeds", problems)))
-        if len(set(seeds)) != len(seeds):
-            problems.append(f"seeds: {list(seeds)} repeats a seed")
-    min_steps = _integer(raw.get("min_steps", 1), "min_steps", problems)
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        problems.append(f"description: expected text, got {description!r}")
-
-    checked = {key: raw[key] for key in KIND_KEYS[kind] if key in raw}
-    _check_kind(kind, checked, problems)
+                            "from the spec's out_dir or --out-dir, lr_sweep from lr_sweep, branch fields from branches)")
+    seeds = _seeds(fields.seeds, problems)
+    problems += positive("min_steps", fields.min_steps)
+    axes = _kind_axes(kind, fields, path.parent, base, overrides, problems)
+    resolved_out_dir = _out_dir(out_dir, fields.out_dir, base, problems)
+    resources = _resources(fields.resources, problems)
     if problems:
         raise ConfigError(problems)
-
-    if out_dir is None:
-        out_dir = raw.get("out_dir")
-        if out_dir is None:
-            out_dir = config_lib.load_yaml_tree(base).get("run", {}).get("out_dir", config_lib.RunConfig.out_dir)
-    return GridSpec(path=path, name=name, kind=kind, description=description.strip(), base=base,
-                    overrides=overrides, out_dir=pathlib.Path(out_dir), seeds=seeds, min_steps=min_steps,
-                    raw=checked)
+    return GridSpec(path=path, name=name, kind=kind, description=fields.description.strip(), base=base,
+                    overrides=overrides, out_dir=resolved_out_dir, seeds=seeds, min_steps=fields.min_steps,
+                    resources=resources, **axes)
 
 
-def _check_kind(kind: str, raw: dict, problems: _Problems) -> None:
-    """Check the kind's axes in place: numbers are converted, everything else left for `_cells`."""
-    if kind in ("isoflop", "overtrain"):
-        axis = "budgets" if kind == "isoflop" else "token_multipliers"
-        if axis not in raw:
-            example = "FLOP budgets, e.g. [1e12, 3e12, 1e13]" if kind == "isoflop" else "D/N, e.g. [5, 20, 80]"
-            problems.append(f"{axis}: required for kind={kind} (a list of {example})")
-        else:
-            values = [_number(v, f"{axis}[{i}]", problems) for i, v in enumerate(_list(raw[axis], axis, problems))]
-            raw[axis] = values
-            if len(set(values)) != len(values):
-                problems.append(f"{axis}: {values} repeats a value")
-        if "convention" in raw:
-            _one_of(raw["convention"], "convention", CONVENTIONS, problems)
-        _one_of(raw.get("params", "non_embedding"), "params", PARAMS_KINDS, problems)
-        if ("models" in raw) == ("ladder" in raw):
-            problems.append("models: set exactly one of models (a list of presets/overrides) or ladder "
-                            f"(generated sizes){' (got both)' if 'models' in raw else ''}")
-        elif "ladder" in raw:
-            if not isinstance(raw["ladder"], dict):
-                problems.append(f"ladder: expected a mapping with keys {', '.join(LADDER_KEYS)}")
-            else:
-                problems.check_keys("ladder.", raw["ladder"], LADDER_KEYS)
-        else:
-            _list(raw["models"], "models", problems)
-    if kind == "isoflop" and "tokens_per_param" in raw:
-        bounds = raw["tokens_per_param"]
-        if not isinstance(bounds, dict) or set(bounds) - {"min", "max"}:
-            problems.append(f"tokens_per_param: expected a mapping with min and/or max (e.g. {{min: 1, max: 200}}), "
-                            f"got {bounds!r}")
-        else:
-            checked = {key: _number(bounds[key], f"tokens_per_param.{key}", problems)
-                       for key in ("min", "max") if bounds.get(key) is not None}
-            if None not in checked.values() and checked.get("min", 0) > checked.get("max", math.inf):
-                problems.append(f"tokens_per_param: min {checked['min']} exceeds max {checked['max']}")
-            raw["tokens_per_param"] = checked
+def _resources(resources: Resources | None, problems: list) -> Resources:
+    """Counts >= 1 (GPUs >= 0), sizes and the time limit > 0, env a mapping of NAME: string."""
+    resources = resources or Resources()
+    for field in ("nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min"):
+        if getattr(resources, field) is not None:
+            problems += positive(f"resources.{field}", getattr(resources, field))
+    if resources.gpus_per_node < 0:
+        problems.append(f"resources.gpus_per_node: {resources.gpus_per_node} must be >= 0")
+    for key, value in (resources.env or {}).items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            problems.append(f"resources.env: {key!r} is not an environment variable name")
+        elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            problems.append(f"resources.env.{key}: expected a string or a number, got {value!r}")
+    return dataclasses.replace(resources, env={key: str(value) for key, value in (resources.env or {}).items()})
+
+
+def _learning_rates(sweep: LrSweep | None, problems: list) -> tuple[float, ...]:
+    """The sweep's rates: listed, or `count` log-spaced from min to max; () without a sweep."""
+    if sweep is None:
+        return ()
+    ranged = (sweep.min, sweep.max, sweep.count)
+    if (sweep.rates is None) == all(value is None for value in ranged):
+        problems.append("lr_sweep: give either rates (a list) or min, max and count (log-spaced)")
+        return ()
+    if sweep.rates is not None:
+        return _positive_list(sweep.rates, "lr_sweep.rates", problems)
+    if any(value is None for value in ranged):
+        problems.append("lr_sweep: a range needs all of min, max and count")
+        return ()
+    found = positive("lr_sweep.min", sweep.min) + positive("lr_sweep.max", sweep.max)
+    if not found and sweep.min >= sweep.max:
+        found.append(f"lr_sweep: min {sweep.min} must be below max {sweep.max}")
+    if not 2 <= sweep.count <= MAX_SWEEP_RATES:
+        found.append(f"lr_sweep.count: {sweep.count} must be between 2 and {MAX_SWEEP_RATES}")
+    problems += found
+    if found:
+        return ()
+    ratio = math.log(sweep.max / sweep.min) / (sweep.count - 1)
+    return tuple(float(f"{sweep.min * math.exp(ratio * i):.3g}") for i in range(sweep.count))
+
+
+def _base(value: str | None, spec_path: pathlib.Path, problems: list) -> pathlib.Path | None:
+    if not value:
+        problems.append(f"base: expected the path of a config YAML (e.g. tiny.yaml), got {value!r}")
+        return None
+    found = _find_config(value, spec_path.parent)
+    if found is None:
+        problems.append(f"base: {value!r} not found next to {spec_path} or under {CONFIG_ROOT}")
+    elif found.is_dir():
+        problems.append(f"base: {value!r} is a directory, not a config YAML")
+        found = None
+    return found
+
+
+def _seeds(seeds: tuple[int, ...] | None, problems: list) -> tuple[int, ...] | None:
+    if seeds is None:
+        return None
+    if not seeds:
+        problems.append("seeds: expected a non-empty list of integers, got []")
+    for i, seed in enumerate(seeds):
+        if not 0 <= seed <= MAX_SEED:
+            problems.append(f"seeds[{i}]: {seed} must be between 0 and {MAX_SEED}")
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds: {list(seeds)} repeats a seed")
+    return seeds
+
+
+def _out_dir(given, in_spec: str | None, base: pathlib.Path | None, problems: list) -> pathlib.Path | None:
+    """--out-dir, else the spec's out_dir, else the base config's run.out_dir; checked as a directory to write."""
+    if given is not None:
+        field, value = "--out-dir", given
+    elif in_spec is not None:
+        field, value = "out_dir", in_spec
+    elif base is not None:
+        run = config_lib.load_yaml_tree(base).get("run")
+        value = run.get("out_dir", config_lib.RunConfig.out_dir) if isinstance(run, dict) else config_lib.RunConfig.out_dir
+        field = f"run.out_dir of {base}"
+    else:
+        return None
+    found = output_directory(field, value)
+    problems += found
+    return None if found else pathlib.Path(value)
+
+
+def _kind_axes(kind: str, fields: SpecFields, spec_dir: pathlib.Path, base: pathlib.Path | None,
+               overrides: dict, problems: list) -> dict:
+    """The GridSpec fields of the kind's axes: budget values and model sizes, or sweep axes."""
     if kind == "sweep":
-        axes = raw.get("axes")
-        if not isinstance(axes, dict) or not axes:
+        if not fields.axes:
             problems.append("axes: required for kind=sweep: a mapping of dotted.key: [values] "
                             "or name: {label: {dotted.key: value, ...}}")
+            return {}
+        return {"axes": tuple(sweep_axes(fields.axes, problems))}
+    axis, *_, example = KIND_AXIS[kind]
+    values = getattr(fields, axis)
+    if values is None:
+        problems.append(f"{axis}: required for kind={kind} ({example})")
+    else:
+        values = _positive_list(values, axis, problems)
+    if fields.convention is not None:
+        problems += one_of("convention", fields.convention, BUDGET_FLOP_CONVENTIONS)
+    problems += one_of("params", fields.params, PARAM_KINDS)
+    models = _models(fields, spec_dir, problems)
+    if base is not None and not problems:  # labels read the base config and presets
+        models = [dataclasses.replace(m, label=_model_label(base, overrides, m)) for m in models]
+    return {"values": tuple(values or ()), "convention": fields.convention, "params": fields.params,
+            "models": tuple(models), "tokens_per_param": _tokens_per_param(fields, problems),
+            "learning_rates": _learning_rates(fields.lr_sweep, problems),
+            "branches": getattr(fields, "branches", False)}
 
 
-# ----------------------------------------------------------------------------------- the cells
+def _tokens_per_param(fields: SizedFields, problems: list) -> TokensPerParam:
+    """isoflop's D/N window (none for overtrain): each end > 0 when set, min <= max."""
+    bounds = getattr(fields, "tokens_per_param", None) or TokensPerParam()
+    for key in ("min", "max"):
+        if getattr(bounds, key) is not None:
+            problems += positive(f"tokens_per_param.{key}", getattr(bounds, key))
+    if bounds.min is not None and bounds.max is not None and bounds.min > bounds.max:
+        problems.append(f"tokens_per_param: min {bounds.min} exceeds max {bounds.max}")
+    return bounds
 
 
-def ladder_models(ladder: dict, problems: list) -> list[ModelChoice]:
+def _models(fields: SizedFields, spec_dir: pathlib.Path, problems: list) -> list[ModelChoice]:
+    if (fields.models is None) == (fields.ladder is None):
+        problems.append("models: set exactly one of models (a list of presets/overrides) or ladder "
+                        f"(generated sizes){' (got both)' if fields.models is not None else ''}")
+        return []
+    if fields.ladder is not None:
+        ladder = parse_ladder(fields.ladder, problems)
+        return ladder_models(ladder, problems) if ladder is not None else []
+    if not fields.models:
+        problems.append("models: expected a non-empty list of presets (e.g. ladder-2) or mappings")
+    return listed_models(fields.models, spec_dir, problems)
+
+
+# ----------------------------------------------------------------------------------- model sizes
+
+
+def parse_ladder(raw: dict, problems: list) -> Ladder | None:
+    """A `ladder:` mapping as a Ladder; its ratios may be numbers or exact fractions like '8/3'."""
+    before = len(problems)
+    ratios = {key: raw[key] for key in _LADDER_RATIOS if key in raw}
+    ladder = build(Ladder, {key: value for key, value in raw.items() if key not in ratios}, "ladder", problems)
+    ladder = dataclasses.replace(ladder, **{key: _ratio(value, f"ladder.{key}", problems)
+                                            for key, value in ratios.items()})
+    problems += positive("ladder.head_dim", ladder.head_dim) + positive("ladder.ffn_multiple", ladder.ffn_multiple)
+    if (ladder.d_model is None) == (ladder.n_layers is None):
+        problems.append("ladder: set exactly one of d_model (a list of widths) or n_layers (a list of depths)")
+    else:
+        axis = "d_model" if ladder.d_model is not None else "n_layers"
+        values = getattr(ladder, axis)
+        if not values:
+            problems.append(f"ladder.{axis}: expected a non-empty list, got []")
+        problems += [problem for i, value in enumerate(values) for problem in positive(f"ladder.{axis}[{i}]", value)]
+    return ladder if len(problems) == before else None
+
+
+def ladder_models(ladder: Ladder, problems: list) -> list[ModelChoice]:
     """Model sizes at a fixed aspect ratio d_model / n_layers, like configs/models/ladder-*.yaml.
 
     Either `d_model: [...]` (n_layers = d_model / aspect_ratio, rounded half up, at least 1) or
     `n_layers: [...]` (d_model = aspect_ratio × n_layers rounded to a multiple of head_dim).
     n_heads = d_model / head_dim; d_ff = ffn_ratio × d_model rounded up to a multiple of ffn_multiple.
     """
-    aspect = _ratio(ladder.get("aspect_ratio", 32), "ladder.aspect_ratio", problems)
-    head_dim = _integer(ladder.get("head_dim", 32), "ladder.head_dim", problems)
-    ffn_ratio = _ratio(ladder.get("ffn_ratio", "8/3"), "ladder.ffn_ratio", problems)
-    ffn_multiple = _integer(ladder.get("ffn_multiple", 32), "ladder.ffn_multiple", problems)
-    if ("d_model" in ladder) == ("n_layers" in ladder):
-        problems.append("ladder: set exactly one of d_model (a list of widths) or n_layers (a list of depths)")
-        return []
-    if None in (aspect, head_dim, ffn_ratio, ffn_multiple):
-        return []
-    axis = "d_model" if "d_model" in ladder else "n_layers"
+    aspect, head_dim = ladder.aspect_ratio, ladder.head_dim
     shapes = []
-    for i, value in enumerate(_list(ladder[axis], f"ladder.{axis}", problems)):
-        value = _integer(value, f"ladder.{axis}[{i}]", problems)
-        if value is None:
-            continue
-        if axis == "d_model":
+    for i, value in enumerate(ladder.d_model if ladder.d_model is not None else ladder.n_layers):
+        if ladder.d_model is not None:
             d_model, n_layers = value, max(1, math.floor(value / aspect + fractions.Fraction(1, 2)))
             if d_model % head_dim:
                 problems.append(f"ladder.d_model[{i}]: {d_model} is not a multiple of ladder.head_dim={head_dim}")
@@ -443,7 +675,7 @@ def ladder_models(ladder: dict, problems: list) -> list[ModelChoice]:
         else:
             n_layers = value
             d_model = max(1, math.floor(aspect * value / head_dim + fractions.Fraction(1, 2))) * head_dim
-        d_ff = math.ceil(ffn_ratio * d_model / ffn_multiple) * ffn_multiple
+        d_ff = math.ceil(ladder.ffn_ratio * d_model / ladder.ffn_multiple) * ladder.ffn_multiple
         shapes.append(ModelChoice(
             label=f"d{d_model}-l{n_layers}", preset=None,
             overrides={"model.d_model": d_model, "model.n_layers": n_layers,
@@ -452,101 +684,90 @@ def ladder_models(ladder: dict, problems: list) -> list[ModelChoice]:
     return shapes
 
 
-def listed_models(models: list, spec_dir: pathlib.Path, problems: _Problems) -> list[ModelChoice]:
+def listed_models(models: tuple, spec_dir: pathlib.Path, problems: list) -> list[ModelChoice]:
     """`models:` entries: a preset name/path, or {preset?, name?, overrides?}. Unnamed ones get d<d>-l<l>."""
     choices = []
-    for i, entry in enumerate(models):
+    for i, raw in enumerate(models):
         where = f"models[{i}]"
-        if isinstance(entry, str):
-            entry = {"preset": entry}
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a preset name (e.g. ladder-2) or a mapping with preset/name/overrides")
+        if isinstance(raw, str):
+            raw = {"preset": raw}
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: expected a preset name (e.g. ladder-2) or a mapping with preset/name/overrides,"
+                            f" got {raw!r}")
             continue
-        problems.check_keys(f"{where}.", entry, MODEL_KEYS)
+        found: list[str] = []
+        entry = build(ModelEntry, raw, where, found)
         preset = None
-        if "preset" in entry:
-            preset = _find_config(str(entry["preset"]), spec_dir)
+        if not found and entry.preset is not None:
+            preset = _find_config(entry.preset, spec_dir)
             if preset is None:
-                problems.append(f"{where}.preset: {entry['preset']!r} not found next to the grid, under "
-                                f"{CONFIG_ROOT} or {CONFIG_ROOT / 'models'}")
-                continue
-        overrides = _overrides(entry.get("overrides"), f"{where}.overrides", problems)
-        if preset is None and not overrides:
-            problems.append(f"{where}: give a preset, overrides, or both")
-            continue
-        name = entry.get("name")
-        if name is not None and (not isinstance(name, str) or safe_run_id(name) != name):
-            problems.append(f"{where}.name: {name!r} must be letters, digits and . _ + = -")
-            continue
-        choices.append(ModelChoice(label=name or "", preset=preset, overrides=overrides))
+                found.append(f"{where}.preset: {entry.preset!r} not found next to the grid, under "
+                             f"{CONFIG_ROOT} or {CONFIG_ROOT / 'models'}")
+            elif preset.is_dir():
+                found.append(f"{where}.preset: {entry.preset!r} is a directory, not a config YAML")
+        overrides = _overrides(entry.overrides, f"{where}.overrides", found) if not found else {}
+        if not found and preset is None and not overrides:
+            found.append(f"{where}: give a preset, overrides, or both")
+        if not found and entry.name is not None:
+            found += name_component(f"{where}.name", entry.name)
+        problems += found
+        if not found:
+            choices.append(ModelChoice(label=entry.name or "", preset=preset, overrides=overrides))
     return choices
 
 
-def _model_label(spec: GridSpec, choice: ModelChoice) -> str:
+def _model_label(base: pathlib.Path, grid_overrides: dict, choice: ModelChoice) -> str:
     """d<d_model>-l<n_layers> of the resolved model when the entry has no name."""
     if choice.label:
         return choice.label
-    tree = _tree(spec, choice.preset, ({},) if not choice.overrides else (choice.overrides,))
-    model = {**config_lib.ModelConfig().__dict__, **tree.get("model", {})}
+    model = _tree(base, choice.preset, (grid_overrides, choice.overrides)).get("model")
+    model = {**dataclasses.asdict(config_lib.ModelConfig()), **(model if isinstance(model, dict) else {})}
     return f"d{model['d_model']}-l{model['n_layers']}"
 
 
-def _sweep_axes(axes: dict, problems: list) -> list[list[tuple[str, dict]]]:
-    """Each axis as a list of (label, overrides): `key.sub: [v1, v2]` or `name: {label: {key: value}}`."""
+def sweep_axes(axes: dict, problems: list) -> list[tuple[str, tuple[tuple[str, dict], ...]]]:
+    """Each axis as (name, ((label, overrides), ...)): `key.sub: [v1, v2]` or `name: {label: {key: value}}`."""
     result = []
     for axis, values in axes.items():
-        if isinstance(values, list) and "." in str(axis) and values:
-            leaf = str(axis).split(".")[-1]
-            result.append([(f"{leaf}-{_value_label(value)}", {axis: value}) for value in values])
-        elif isinstance(values, dict) and values:
+        if isinstance(axis, str) and "." in axis and isinstance(values, list) and values:
+            leaf = axis.split(".")[-1]
+            result.append((axis, tuple((f"{leaf}-{_value_label(value)}", {axis: value}) for value in values)))
+        elif isinstance(axis, str) and isinstance(values, dict) and values:
             options = []
             for label, overrides in values.items():
                 if not isinstance(overrides, dict):
                     problems.append(f"axes.{axis}.{label}: expected a mapping of dotted.key: value, got {overrides!r}")
                     continue
                 options.append((f"{axis}-{label}", _overrides(overrides, f"axes.{axis}.{label}", problems)))
-            result.append(options)
+            result.append((axis, tuple(options)))
         else:
             problems.append(f"axes.{axis}: a dotted key (e.g. model.ffn) needs a non-empty list of values; a named "
                             f"axis needs a mapping of label: {{dotted.key: value}}; got {values!r}")
     return result
 
 
+# ----------------------------------------------------------------------------------- the cells
+
+
 def cells(spec: GridSpec) -> list[Cell]:
     """Every cell of the grid, in a deterministic order (budget/multiplier-major, then model, then seed)."""
-    problems = _Problems()
-    raw, found = spec.raw, []
-    if spec.kind in ("isoflop", "overtrain"):
-        if "ladder" in raw:
-            models = ladder_models(raw["ladder"], problems)
-        else:
-            models = listed_models(raw["models"], spec.path.parent, problems)
-        if problems:
-            raise ConfigError(problems)
-        models = [dataclasses.replace(m, label=_model_label(spec, m)) for m in models]
-        convention = raw.get("convention")
-        params_key = raw.get("params", "non_embedding")
-        # isoflop: budget.flops = C per cell; overtrain: budget.token_multiplier = M (D = M·N)
-        field, prefix, coordinate, values = (
-            ("flops", "C", "budget_flops", raw["budgets"]) if spec.kind == "isoflop"
-            else ("token_multiplier", "M", "token_multiplier", raw["token_multipliers"])
-        )
-        for value, model in itertools.product(values, models):
+    found = []
+    if spec.kind in KIND_AXIS:
+        _, field, prefix, coordinate, _ = KIND_AXIS[spec.kind]
+        for value, model in itertools.product(spec.values, spec.models):
+            # isoflop: budget.flops = C per cell; overtrain: budget.token_multiplier = M (D = M·N)
             budget_overrides = {"budget.flops": None, "budget.tokens": None, "budget.token_multiplier": None,
-                                f"budget.{field}": value}
+                                field: value}
             if spec.kind == "overtrain":
-                budget_overrides["budget.params"] = params_key
-            if convention:
-                budget_overrides["budget.convention"] = convention
+                budget_overrides["budget.params"] = spec.params
+            if spec.convention:
+                budget_overrides["budget.convention"] = spec.convention
             found.append(Cell(f"{prefix}{format_number(value)}-{model.label}",
                               {coordinate: value, "model": model.label},
                               model.preset, (model.overrides, budget_overrides)))
     else:
-        axes = _sweep_axes(raw["axes"], problems)
-        if problems:
-            raise ConfigError(problems)
-        names = list(raw["axes"])
-        for combination in itertools.product(*axes):
+        names = [name for name, _ in spec.axes]
+        for combination in itertools.product(*(options for _, options in spec.axes)):
             run_id = "_".join(label for label, _ in combination)
             coords = {name: label.split("-", 1)[1] if "-" in label else label
                       for name, (label, _) in zip(names, combination)}
@@ -558,7 +779,16 @@ def cells(spec: GridSpec) -> list[Cell]:
     elif spec.seeds:
         found = [dataclasses.replace(cell, overrides=cell.overrides + ({"run.seed": spec.seeds[0]},)) for cell in found]
     found = [dataclasses.replace(cell, run_id=safe_run_id(cell.run_id)) for cell in found]
-    seen = {}
+    if spec.learning_rates:  # each cell at each rate, one sweep group per cell
+        found = [Cell(safe_run_id(f"{cell.run_id}-lr{format_number(rate)}"), {**cell.coords, "learning_rate": rate},
+                      cell.preset, cell.overrides + ({"optimizer.learning_rate": rate, "run.lr_sweep": cell.run_id},))
+                 for cell in found for rate in spec.learning_rates]
+    return _distinct(found)
+
+
+def _distinct(found: list[Cell]) -> list[Cell]:
+    """The cells, refused if two share a run id (their run directories would collide)."""
+    problems, seen = [], {}
     for cell in found:
         if cell.run_id in seen:
             problems.append(f"run_id: {cell.run_id!r} names two cells ({seen[cell.run_id]} and {cell.coords}); "
@@ -572,35 +802,24 @@ def cells(spec: GridSpec) -> list[Cell]:
 # ------------------------------------------------------------------------------------- resolving
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError([f"override: {dotted!r} goes through a non-mapping field {part!r}"])
-        node = child
-    node[leaf] = copy.deepcopy(value)
-
-
-def _tree(spec: GridSpec, preset: pathlib.Path | None, overrides: tuple[dict, ...]) -> dict:
-    """base < model preset < grid overrides < the cell's overrides (in order)."""
-    tree = config_lib.load_yaml_tree(spec.base)
+def _tree(base: pathlib.Path, preset: pathlib.Path | None, overrides: tuple[dict, ...]) -> dict:
+    """base < model preset < overrides (in order: the grid's, then the cell's)."""
+    tree = config_lib.load_yaml_tree(base)
     if preset is not None:
-        tree = config_lib._deep_merge(tree, config_lib.load_yaml_tree(preset))
-    for layer in (spec.overrides, *overrides):
+        tree = config_lib.deep_merge(tree, config_lib.load_yaml_tree(preset))
+    for layer in overrides:
         for key, value in layer.items():
-            _set(tree, key, value)
+            config_lib.set_field(tree, key, copy.deepcopy(value))
     return tree
 
 
 def resolve(spec: GridSpec, cell: Cell) -> Config:
     """The cell's full, validated config, with experiment/run_id/out_dir set by the grid."""
-    tree = _tree(spec, cell.preset, cell.overrides)
-    for key, value in (("run.experiment", spec.name), ("run.run_id", cell.run_id),
-                       ("run.out_dir", str(spec.out_dir))):
-        _set(tree, key, value)
     try:
+        tree = _tree(spec.base, cell.preset, (spec.overrides, *cell.overrides))
+        for key, value in zip(("run.experiment", "run.run_id", "run.out_dir"), (spec.name, cell.run_id,
+                                                                              str(spec.out_dir))):
+            config_lib.set_field(tree, key, value)
         return config_lib.from_dict(tree)
     except ConfigError as err:
         raise ConfigError([f"run {cell.run_id}: {problem}" for problem in err.problems]) from None
@@ -609,8 +828,6 @@ def resolve(spec: GridSpec, cell: Cell) -> Config:
 def plan(spec: GridSpec) -> GridPlan:
     """Resolve and validate every cell, compute its budget, and apply the kind's filters."""
     runs, dropped, problems = [], [], []
-    params_key = spec.raw.get("params", "non_embedding")
-    bounds = spec.raw.get("tokens_per_param", {})
     for cell in cells(spec):
         try:
             config = resolve(spec, cell)
@@ -622,14 +839,8 @@ def plan(spec: GridSpec) -> GridPlan:
         except ConfigError as err:
             dropped.append(Dropped(cell.run_id, err.problems[0]))
             continue
-        run = PlannedRun(cell.run_id, cell.coords, config, budget, param_counts(config.model), params_key)
-        reason = None
-        if run.tokens_per_param < bounds.get("min", 0):
-            reason = f"D/N = {format_ratio(run.tokens_per_param)} < tokens_per_param.min {format_number(bounds['min'])}"
-        elif run.tokens_per_param > bounds.get("max", math.inf):
-            reason = f"D/N = {format_ratio(run.tokens_per_param)} > tokens_per_param.max {format_number(bounds['max'])}"
-        elif run.steps < spec.min_steps:
-            reason = f"{run.steps} steps < min_steps {spec.min_steps}"
+        run = PlannedRun(cell.run_id, cell.coords, config, budget, param_counts(config.model), spec.params)
+        reason = _drop_reason(spec, run)
         if reason:
             dropped.append(Dropped(cell.run_id, reason))
         else:
@@ -638,14 +849,82 @@ def plan(spec: GridSpec) -> GridPlan:
         raise ConfigError(problems)
     if not runs:
         raise ConfigError([f"grid: every cell was dropped ({'; '.join(f'{d.run_id}: {d.reason}' for d in dropped)})"])
+    if spec.branches:
+        runs = with_stable_runs(spec, runs)
     return GridPlan(spec, tuple(runs), tuple(dropped), tuple(_notes(spec, runs)))
+
+
+def _stable_id(run: PlannedRun) -> str:
+    """'stable-d32-l2-lr3e-3' for 'M20-d32-l2-lr3e-3': the run id without its token multiplier."""
+    return "stable-" + run.run_id.split("-", 1)[1]
+
+
+def with_stable_runs(spec: GridSpec, runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs as WSD branches, after one stable run per model (and seed, and rate) that trains their
+    shared prefix once and keeps a checkpoint at every branch point (train/branches.py)."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        groups.setdefault(_stable_id(run), []).append(run)
+    stables, branched, problems = [], [], {}  # problem -> the runs that have it
+    for stable_id, members in groups.items():
+        points = {run.run_id: branches_lib.branch_step(run.config, run.steps) for run in members}
+        first = members[0]
+        try:
+            stable = config_lib.from_dict(config_lib.to_dict(branches_lib.stable_config(
+                first.config, stable_id, max(points.values()), first.budget.tokens_per_step,
+                tuple(sorted(set(points.values()))))))
+            stable_plan = budget_lib.plan_for(stable)
+        except ConfigError as err:
+            for problem in err.problems:
+                problems.setdefault(problem, []).append(stable_id)
+            continue
+        stables.append(PlannedRun(stable_id, {**{key: value for key, value in first.coords.items()
+                                               if key != "token_multiplier"}, "branches": len(members)},
+                                  stable, stable_plan, first.params, first.params_key, role="stable"))
+        for run in members:
+            tree = config_lib.to_dict(run.config)
+            tree["run"]["branch_from"] = str(spec.grid_dir / stable_id)
+            try:
+                config = config_lib.from_dict(tree)
+            except ConfigError as err:
+                for problem in err.problems:
+                    problems.setdefault(problem, []).append(run.run_id)
+                continue
+            branched.append(dataclasses.replace(run, config=config, role="branch", parent=stable_id,
+                                                prefix_steps=points[run.run_id]))
+    if problems:
+        raise ConfigError([f"branches ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}): {problem} "
+                           "(or set branches: false)" for problem, ids in problems.items()])
+    return stables + branched
+
+
+def _drop_reason(spec: GridSpec, run: PlannedRun) -> str | None:
+    bounds = spec.tokens_per_param
+    if bounds.min is not None and run.tokens_per_param < bounds.min:
+        return f"D/N = {format_ratio(run.tokens_per_param)} < tokens_per_param.min {format_number(bounds.min)}"
+    if bounds.max is not None and run.tokens_per_param > bounds.max:
+        return f"D/N = {format_ratio(run.tokens_per_param)} > tokens_per_param.max {format_number(bounds.max)}"
+    if run.steps < spec.min_steps:
+        return f"{run.steps} steps < min_steps {spec.min_steps}"
+    return None
 
 
 def _notes(spec: GridSpec, runs: list[PlannedRun]) -> list[str]:
     notes = []
+    stables = [run for run in runs if run.role == "stable"]
+    if stables:
+        with_branches = sum(run.flops["6N"] for run in runs if run.role != "stable")
+        grid = sum(run.added_flops["6N"] for run in runs)
+        notes.append(f"{len(runs) - len(stables)} WSD branches off {len(stables)} stable runs: the grid trains "
+                     f"{format_number(grid)} FLOPs (6N) instead of {format_number(with_branches)} as standalone runs "
+                     f"({with_branches / grid:.2f}x)")
+    if spec.learning_rates:
+        notes.append(f"lr sweep: every cell at {len(spec.learning_rates)} peak rates "
+                     f"({', '.join(format_number(rate) for rate in spec.learning_rates)}); fits keep each cell's "
+                     "lowest final eval loss")
     if spec.kind == "isoflop":
-        for budget in spec.raw["budgets"]:
-            kept = [run for run in runs if run.coords["budget_flops"] == budget]
+        for budget in spec.values:
+            kept = {run.coords["model"] for run in runs if run.coords["budget_flops"] == budget}
             if len(kept) < 3:
                 notes.append(f"budget {format_number(budget)} keeps {len(kept)} model size(s); an iso-FLOP "
                              "parabola (approach 2) needs at least 3")
@@ -661,11 +940,12 @@ def load(path: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) ->
 
 def estimate_seconds(run: PlannedRun, *, tokens_per_second: float | None = None,
                      flops_per_second: float | None = None, startup_seconds: float = 0.0) -> float | None:
-    """Wall-time estimate: a flat tokens/s, or an achieved FLOP/s (chinchilla count, as MFU counts)."""
+    """Wall-time estimate of what the run trains itself (a branch: its decay): a flat tokens/s, or an achieved
+    FLOP/s (chinchilla count, as MFU counts)."""
     if tokens_per_second:
-        return startup_seconds + run.tokens / tokens_per_second
+        return startup_seconds + run.added_steps * run.budget.tokens_per_step / tokens_per_second
     if flops_per_second:
-        return startup_seconds + run.flops[RATE_CONVENTION] / flops_per_second
+        return startup_seconds + run.added_flops[RATE_CONVENTION] / flops_per_second
     return None
 
 
@@ -681,9 +961,20 @@ __all__ = [
     "estimate_seconds",
     "format_number",
     "format_ratio",
+    "Ladder",
+    "LrSweep",
+    "Resources",
+    "ModelChoice",
+    "ModelEntry",
+    "TokensPerParam",
     "ladder_models",
+    "listed_models",
     "load",
     "load_spec",
+    "parse_ladder",
     "plan",
     "resolve",
+    "sweep_axes",
+    "with_stable_runs",
 ]
+

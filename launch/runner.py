@@ -11,6 +11,11 @@
 Resume: a completed run is skipped; any other run is (re)started, and the trainer resumes it from its
 own checkpoint. A run another launcher is running right now (a live pid in its record) is left alone.
 Before anything starts, every run directory that exists must hold the same config the plan resolves.
+
+WSD branches start once their stable run has completed (local, debug: they wait in the queue; SLURM:
+`--dependency=afterok:<stable job>`); a branch whose stable run failed is reported, not started. The
+spec's `resources:` are submitit's defaults (command-line options win) and `resources.env` the
+environment of every run.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ import pathlib
 import signal
 import subprocess
 import sys
+import shlex
 import time
 import traceback
 
 import yaml
 
-from launch import status as status_lib
-from launch.plan import RATE_CONVENTION, GridPlan, PlannedRun, format_number
-from train.config import ConfigError, dump_yaml, from_dict, to_dict
+from common.files import LockedError, WriteError, atomic_write
 from common.formatting import format_count, format_duration
-from train.metric_log import SUMMARY_FILE
+from common.run_contract import CONFIG_FILE, SUMMARY_FILE, ContractError, RunSummary, last_logged_step, read_summary
+from launch import status as status_lib
+from launch.plan import RATE_CONVENTION, GridPlan, PlannedRun, Resources, format_number
+from train.config import ConfigError, dump_yaml, from_dict, to_dict
 
 EXECUTORS = ("local", "slurm", "debug")
 DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's own default is 5 minutes, too short for training
@@ -44,7 +51,7 @@ def check_run_dirs(plan: GridPlan) -> None:
     """Refuse, before anything starts, run dirs that hold a different config (the trainer would too)."""
     problems = []
     for run in plan.runs:
-        saved = plan.run_dir(run) / "config.yaml"
+        saved = plan.run_dir(run) / CONFIG_FILE
         if saved.exists():
             try:  # through from_dict, so a config field added since (with its default) is not a difference
                 same = to_dict(from_dict(yaml.safe_load(saved.read_text()))) == to_dict(run.config)
@@ -67,11 +74,12 @@ def write_plan_files(plan: GridPlan) -> None:
         text = f"# {plan.spec.name} / {run.run_id}: resolved from {plan.spec.path} by `isoflop grid run`\n" \
                + dump_yaml(run.config)
         if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-    (plan.spec.state_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+            atomic_write(path, text)
+    atomic_write(plan.spec.state_dir / "plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def select(plan: GridPlan, only: list[str] | None) -> list[PlannedRun]:
+    """The runs --only names (all without it), with the stable run of every branch among them, in plan order."""
     if not only:
         return list(plan.runs)
     known = {run.run_id: run for run in plan.runs}
@@ -80,7 +88,20 @@ def select(plan: GridPlan, only: list[str] | None) -> list[PlannedRun]:
         dropped = {item.run_id for item in plan.dropped}
         why = [f"{r} (dropped by the planner)" if r in dropped else r for r in unknown]
         raise ConfigError([f"--only: {', '.join(why)} not in the plan; planned runs: {', '.join(known)}"])
-    return [known[run_id] for run_id in only]
+    wanted = set(only) | {known[run_id].parent for run_id in only if known[run_id].parent}
+    return [run for run in plan.runs if run.run_id in wanted]
+
+
+def submitit_parameters(resources: Resources, given: dict) -> dict:
+    """submitit AutoExecutor parameters: the spec's resources, overridden by the command line's `given`."""
+    from_spec = {"nodes": resources.nodes, "tasks_per_node": resources.tasks_per_node,
+                 "gpus_per_node": resources.gpus_per_node or None, "cpus_per_task": resources.cpus_per_task,
+                 "mem_gb": resources.mem_gb, "timeout_min": resources.timeout_min,
+                 "slurm_partition": resources.partition, "slurm_account": resources.account,
+                 "slurm_qos": resources.qos, "slurm_constraint": resources.constraint,
+                 "slurm_setup": list(resources.setup) + [f"export {key}={shlex.quote(value)}"
+                                                         for key, value in (resources.env or {}).items()] or None}
+    return {**{key: value for key, value in from_spec.items() if value is not None}, **given}
 
 
 # -------------------------------------------------------------------------------------- progress
@@ -159,22 +180,25 @@ class Progress:
 # ----------------------------------------------------------------------------------- the job body
 
 
-def _summary(run_dir: pathlib.Path, since: float | None = None) -> dict | None:
-    path = run_dir / SUMMARY_FILE
-    try:
-        if since is not None and path.stat().st_mtime < since:
-            return None  # left by an earlier attempt
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _result(summary: dict | None, error: str | None = None) -> dict:
+def _result(summary: RunSummary | None, error: str | None = None) -> dict:
     """What a finished run reports to the grid: status, error, final losses."""
     if summary is None:
-        return {"status": "failed", "error": error or "the run left no summary.json"}
-    return {"status": summary.get("status", "failed"), "error": summary.get("error") or error,
-            "final_eval_loss": summary.get("final_eval_loss"), "wall_seconds": summary.get("wall_seconds")}
+        return {"status": "failed", "error": error or f"the run left no {SUMMARY_FILE}"}
+    return {"status": summary.status, "error": summary.error or error,
+            "final_eval_loss": summary.final_eval_loss, "wall_seconds": summary.wall_seconds}
+
+
+def _outcome(run_dir: pathlib.Path, since: float, error: str | None) -> dict:
+    """The result of an attempt that started at `since`, from the summary it wrote (one left by an
+    earlier attempt does not count; one that breaks the contract is a failure saying so)."""
+    try:
+        if (run_dir / SUMMARY_FILE).stat().st_mtime < since:
+            return _result(None, error)
+        return _result(read_summary(run_dir), error)
+    except FileNotFoundError:
+        return _result(None, error)
+    except ContractError as err:
+        return {"status": "failed", "error": str(err)}
 
 
 try:
@@ -193,7 +217,7 @@ class TrainJob(_Checkpointable):
 
     def __call__(self, config_path: str, run_dir: str, record_path: str, executor: str) -> dict:
         """Train the resolved config written at submission (a later edit of the spec does not leak in)."""
-        from launch import multihost
+        from train import multihost, stop
 
         multihost.initialize_from_env()  # a no-op unless a multi-process launch set the usual variables
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or \
@@ -206,7 +230,7 @@ class TrainJob(_Checkpointable):
 
             result = _result(loop.train(config_lib.load(config_path), pathlib.Path(run_dir)))
         except Exception as err:  # noqa: BLE001 - any failure of one run is reported, not raised
-            if not isinstance(err, ConfigError):  # config/data errors are one line by design
+            if not isinstance(err, (ConfigError, WriteError, LockedError, stop.Interrupted)):  # one line by design
                 traceback.print_exc()
             message = getattr(err, "problems", None) or [str(err) or type(err).__name__]
             result = {"status": "failed", "error": f"{type(err).__name__}: {message[0]}"}
@@ -252,7 +276,8 @@ class _LocalBackend:
         command = _train_command(self.plan, run)
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(self.plan.spec.resources.env or {})})
         status_lib.start_record(status_lib.record_path(self.plan, run.run_id), executor="local", pid=process.pid)
         return _Active(run, time.time(), process, log)
 
@@ -265,12 +290,12 @@ class _LocalBackend:
         log_path = self.log_dir / f"{active.run.run_id}.log"
         error = None
         if returncode < 0:
-            step = status_lib.last_logged_step(run_dir)
+            step = last_logged_step(run_dir)
             error = (f"killed by {signal.Signals(-returncode).name}" + (f" after step {step}" if step else "")
                      + "; `isoflop grid run` resumes it from its last checkpoint")
         elif returncode > 0:
             error = f"exit code {returncode}: {_last_line(log_path)} (log: {log_path})"
-        result = _result(_summary(run_dir, since=active.started), error)
+        result = _outcome(run_dir, active.started, error)
         if returncode != 0 and result["status"] == "completed":
             result = {"status": "failed", "error": error}
         status_lib.write_record(status_lib.record_path(self.plan, active.run.run_id), finished=time.time(),
@@ -313,17 +338,25 @@ class _SubmititBackend:
                 str(status_lib.record_path(self.plan, run.run_id)), self.name)
 
     def submit_all(self, runs: list[PlannedRun]) -> list[_Active]:
-        """One job array for all runs (SLURM)."""
+        """One job array for the runs that start at step 0 (SLURM), then each branch as a job that waits for
+        its stable run's job (afterok); a branch whose stable run is not in `runs` has completed already."""
         now = time.time()
-        records = [status_lib.record_path(self.plan, run.run_id) for run in runs]
-        for path in records:  # before submitting: a job that starts at once writes its own pid and host
+        records = {run.run_id: status_lib.record_path(self.plan, run.run_id) for run in runs}
+        for path in records.values():  # before submitting: a job that starts at once writes its own pid and host
             status_lib.write_record(path, executor=self.name, job_id="submitting", started=now, finished=None,
                                     error=None, pid=None, host=None, returncode=None)
-        jobs = self.executor.map_array(TrainJob(), *zip(*(self._job_args(run) for run in runs)))
-        for path, job in zip(records, jobs):
+        first = [run for run in runs if run.parent is None or run.parent not in records]
+        jobs = dict(zip((run.run_id for run in first),
+                        self.executor.map_array(TrainJob(), *zip(*(self._job_args(run) for run in first)))))
+        for run in runs:
+            if run.run_id not in jobs:
+                self.executor.update_parameters(slurm_additional_parameters=_after(jobs[run.parent].job_id))
+                jobs[run.run_id] = self.executor.submit(TrainJob(), *self._job_args(run))
+        self.executor.update_parameters(slurm_additional_parameters={})
+        for run_id, path in records.items():
             if (status_lib.read_record(path) or {}).get("pid") is None:
-                status_lib.write_record(path, job_id=str(job.job_id))
-        return [_Active(run, now, job) for run, job in zip(runs, jobs)]
+                status_lib.write_record(path, job_id=str(jobs[run_id].job_id))
+        return [_Active(run, now, jobs[run.run_id]) for run in runs]
 
     def start(self, run: PlannedRun) -> _Active:
         started = time.time()
@@ -343,7 +376,7 @@ class _SubmititBackend:
             error = f"submitit job {job.job_id} failed: {text[-1] if text else type(err).__name__}"
             status_lib.write_record(status_lib.record_path(self.plan, active.run.run_id), finished=time.time(),
                                     error=error)
-            return _result(_summary(self.plan.run_dir(active.run), since=active.started), error)
+            return _outcome(self.plan.run_dir(active.run), active.started, error)
 
     def interrupt(self, active: _Active) -> None:
         if self.name == "local":
@@ -351,6 +384,30 @@ class _SubmititBackend:
 
     def wait(self, active: _Active) -> None:
         pass
+
+
+def _after(job_id) -> dict:
+    """sbatch's --dependency: start once job `job_id` has completed successfully."""
+    return {"dependency": f"afterok:{job_id}"}
+
+
+def _next_ready(pending: list[PlannedRun], outcome: dict[str, str]) -> PlannedRun | None:
+    """Take the first pending run that can start: no stable run, or one that has completed."""
+    for run in pending:
+        if run.parent is None or outcome.get(run.parent) == "completed":
+            pending.remove(run)
+            return run
+    return None
+
+
+def _blocked(pending: list[PlannedRun], outcome: dict[str, str], active: list) -> list[PlannedRun]:
+    """Take the pending branches whose stable run will not complete in this session (failed, or not run)."""
+    running = {item.run.run_id for item in active} | {run.run_id for run in pending}
+    blocked = [run for run in pending if run.parent is not None and outcome.get(run.parent) != "completed"
+               and run.parent not in running]
+    for run in blocked:
+        pending.remove(run)
+    return blocked
 
 
 def _raise_on_sigterm():
@@ -377,8 +434,9 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
     write_plan_files(plan)
     progress = Progress(len(selected), stream)
 
-    pending = []
+    pending, outcome = [], {}
     for run, state in zip(selected, (status_lib.run_status(plan, run) for run in selected)):
+        outcome[run.run_id] = state.status
         if state.status == "completed":
             loss = f", eval loss {state.final_eval_loss:.4f}" if state.final_eval_loss else ""
             progress.skip(run, f"already completed{loss}")
@@ -390,8 +448,8 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
         progress.print(f"grid {plan.spec.name}: nothing to run ({progress.skipped} of {len(selected)} skipped)")
         return 0
 
-    backend = _LocalBackend(plan) if executor == "local" else _SubmititBackend(plan, executor, dict(slurm or {}),
-                                                                               max_parallel)
+    backend = _LocalBackend(plan) if executor == "local" else _SubmititBackend(
+        plan, executor, submitit_parameters(plan.spec.resources, dict(slurm or {})), max_parallel)
     where = f"executor {backend.name}" + (f", {max_parallel} at a time" if max_parallel > 1 else "")
     progress.print(f"grid {plan.spec.name}: {len(pending)} run(s) to go under {plan.spec.grid_dir} ({where})")
     if getattr(backend, "note", None):
@@ -410,15 +468,18 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
     previous_term = _raise_on_sigterm()
     try:
         while pending or active:
-            while pending and len(active) < max_parallel:
-                run = pending.pop(0)
+            while len(active) < max_parallel and (run := _next_ready(pending, outcome)) is not None:
                 progress.start(run, backend.name)
                 active.append(backend.start(run))
+            for run in _blocked(pending, outcome, active):
+                progress.finish(run, {"status": "failed", "error": f"not started: its stable run {run.parent} did "
+                                      "not complete"}, 0.0, pending, [], max_parallel)
             for item in list(active):
                 result = backend.poll(item)
                 if result is None:
                     continue
                 active.remove(item)
+                outcome[item.run.run_id] = result["status"]
                 now = time.time()
                 progress.finish(item.run, result, now - item.started, pending,
                                 [(other.run, now - other.started) for other in active], max_parallel)

@@ -1,9 +1,12 @@
 """Where each planned run of a grid stands: completed, running, failed or not started.
 
-The trainer's summary.json (DESIGN §3) is the authority on how a run ended. The launcher adds one small
+The trainer's summary.json (common/run_contract.py, docs/CONTRACTS.md) is the authority on how a run ended. The launcher adds one small
 record per run under out_dir/name/_grid/state/<run_id>.json (who runs it: pid, host, start time, job id,
 and how the process ended), which tells a live run from a dead one that left no summary (SIGKILL, a
 crash before the trainer could write one).
+
+Each run also shows its role (run, WSD stable or branch), its peak learning rate, and whether it is a
+point of the fits (common/fit_points.py: a stable run is not, nor an lr sweep's losing rates).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import pathlib
 import socket
 import time
 
+from common import fit_points
+from common.files import atomic_write
+from common.run_contract import CONFIG_FILE, SUMMARY_FILE, ContractError, RunSummary, last_logged_step, read_summary
 from launch.plan import GRID_DIR, GridPlan, PlannedRun
-from train.metric_log import METRICS_FILE, SUMMARY_FILE
 
 STATUSES = ("completed", "running", "failed", "not started")
 
@@ -30,9 +35,13 @@ class RunStatus:
     final_eval_loss: float | None
     wall_seconds: float | None
     detail: str
+    role: str = "run"  # run | stable | branch (the plan's)
+    learning_rate: float | None = None  # the plan's peak rate
+    fit: str = ""  # a completed run: whether it is a fit point, and why (common/fit_points.py)
+    summary: RunSummary | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "summary"}
 
 
 # ----------------------------------------------------------------------------- launcher records
@@ -50,13 +59,11 @@ def read_record(path: pathlib.Path) -> dict | None:
 
 
 def write_record(path: pathlib.Path, **fields) -> dict:
-    """Merge `fields` into a run's launcher record at `path` (atomic replace)."""
+    """Merge `fields` into a run's launcher record at `path` (common.files.atomic_write)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**(read_record(path) or {}), **fields}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -104,44 +111,37 @@ def record_is_live(record: dict | None) -> bool | None:
 # ----------------------------------------------------------------------------------------- status
 
 
-def _read_json(path: pathlib.Path) -> dict | None:
+def _summary(run_dir: pathlib.Path) -> tuple[RunSummary | None, float | None, str | None]:
+    """(summary, its mtime, why it cannot be read): a summary that breaks the contract is a failed run
+    whose detail is the contract's one line."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def last_logged_step(run_dir: pathlib.Path) -> int | None:
-    """The step of the last line of metrics.jsonl (reads only the file's tail)."""
-    path = run_dir / METRICS_FILE
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 8192))
-            lines = handle.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
+        summary = read_summary(run_dir, missing_ok=True)
+        return summary, (run_dir / SUMMARY_FILE).stat().st_mtime if summary is not None else None, None
+    except (ContractError, OSError) as err:
+        return None, None, str(err)
 
 
 def run_status(plan: GridPlan, run: PlannedRun) -> RunStatus:
     run_dir = plan.run_dir(run)
-    summary = _read_json(run_dir / SUMMARY_FILE)
+    summary, summary_time, unreadable = _summary(run_dir)
     record = read_record(record_path(plan, run.run_id))
-    summary_time = (run_dir / SUMMARY_FILE).stat().st_mtime if summary is not None else None
     planned = run.steps
     step = last_logged_step(run_dir)
 
-    def make(status, detail="", source=None):
-        source = source or {}
-        return RunStatus(run.run_id, status, source.get("steps", step), planned, source.get("final_eval_loss"),
-                         source.get("wall_seconds"), detail)
+    facts = {"role": run.role, "learning_rate": run.config.optimizer.learning_rate}
+    if run.role == "branch":
+        detail_prefix = f"from {run.parent}@{run.prefix_steps}"
+    elif run.role == "stable":
+        detail_prefix = f"stable for {run.coords.get('branches', 0)} branches"
+    else:
+        detail_prefix = ""
+
+    def make(status, detail="", source: RunSummary | None = None):
+        detail = "; ".join(part for part in (detail_prefix, detail) if part)
+        if source is None:
+            return RunStatus(run.run_id, status, step, planned, None, None, detail, **facts)
+        return RunStatus(run.run_id, status, source.steps, planned, source.final_eval_loss, source.wall_seconds,
+                         detail, **facts, summary=source)
 
     live = record_is_live(record)
     record_newer = record is not None and (summary_time is None or (record.get("started") or 0) > summary_time)
@@ -152,20 +152,28 @@ def run_status(plan: GridPlan, run: PlannedRun) -> RunStatus:
             + f"; not verifiable from this host - if the job is gone, delete {record_path(plan, run.run_id)}")
         progress = f"step {step}/{planned}" if step is not None else "starting"
         return make("running", f"{progress}, {where}")
-    if summary is not None and summary.get("status") == "completed":
+    if summary is not None and summary.status == "completed":
         return make("completed", "", summary)
     if record_newer and record.get("finished") and record.get("error"):
         return make("failed", record["error"])
-    if summary is not None and summary.get("status") == "failed":
-        return make("failed", summary.get("error") or "failed (no error recorded)", summary)
-    if (run_dir / "config.yaml").exists():
+    if summary is not None and summary.status == "failed":
+        return make("failed", summary.error or "failed (no error recorded)", summary)
+    if unreadable is not None:
+        return make("failed", unreadable)
+    if (run_dir / CONFIG_FILE).exists():
         at = f" at step {step}/{planned}" if step is not None else ""
         return make("failed", f"stopped without a summary{at} (killed or crashed); `isoflop grid run` resumes it")
     return make("not started")
 
 
 def grid_status(plan: GridPlan) -> list[RunStatus]:
-    return [run_status(plan, run) for run in plan.runs]
+    """Every planned run's status; completed ones also say whether they are fit points."""
+    statuses = [run_status(plan, run) for run in plan.runs]
+    completed = [item for item in statuses if item.status == "completed" and item.summary is not None]
+    verdicts = fit_points.verdicts([item.summary for item in completed])
+    chosen = {item.run_id: ("point" + (f": {v.reason}" if v.reason else "") if v.selected else f"not a point: {v.reason}")
+              for item, v in zip(completed, verdicts)}
+    return [dataclasses.replace(item, fit=chosen.get(item.run_id, "")) for item in statuses]
 
 
 def counts(statuses: list[RunStatus]) -> dict[str, int]:
@@ -179,7 +187,7 @@ def strays(plan: GridPlan) -> list[str]:
     planned = {run.run_id for run in plan.runs}
     return sorted(path.name for path in plan.spec.grid_dir.iterdir()
                   if path.is_dir() and path.name != GRID_DIR and path.name not in planned
-                  and (path / "config.yaml").exists())
+                  and (path / CONFIG_FILE).exists())
 
 
 __all__ = [
@@ -187,7 +195,6 @@ __all__ = [
     "STATUSES",
     "counts",
     "grid_status",
-    "last_logged_step",
     "pid_alive",
     "read_record",
     "record_path",

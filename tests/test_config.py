@@ -79,3 +79,31 @@ def test_missing_file_and_bad_override(tmp_path):
     (tmp_path / "ok.yaml").write_text("{}\n")
     with pytest.raises(cfg.ConfigError, match="section.field=value"):
         cfg.load(tmp_path / "ok.yaml", ["model.d_model"])
+
+
+def test_one_config_error_for_every_package():
+    """launch/cli.py catches train.config.ConfigError: the toolkit's errors (and the contract's) are that class."""
+    from common import validation
+    from common.run_contract import ContractError
+
+    assert cfg.ConfigError is validation.ConfigError and issubclass(ContractError, cfg.ConfigError)
+
+
+def test_extends_cycles_and_non_mapping_paths_are_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(cfg.ConfigError, match="extends: cycle through"):
+        cfg.load(tmp_path / "a.yaml")
+    tree = {"model": {"d_model": 64}}
+    with pytest.raises(cfg.ConfigError, match="goes through a non-mapping field 'd_model'"):
+        cfg.apply_overrides(tree, ["model.d_model.x=1"])
+    assert tree == {"model": {"d_model": 64}}  # overrides apply to a copy
+
+
+def test_grid_override_lines_name_their_entry():
+    assert cfg.parse_override("model.ffn=gelu", "overrides[3]") == ("model.ffn", "gelu")
+    assert cfg.parse_override("budget.tokens=", "overrides[3]") == ("budget.tokens", None)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_override("model.d_model={a: [", "overrides[3]")
+    (line,) = err.value.problems
+    assert line.startswith("overrides[3] model.d_model: '{a: [' is not a valid YAML value")

@@ -113,6 +113,41 @@ def test_single_text_file_splits_its_tail_at_a_line_break(tmp_path):
     assert train_text == "".join(lines[:90]) + "\x00" and eval_text == "".join(lines[90:]) + "\x00"
 
 
+def test_a_single_file_too_small_to_split_says_it_is_split_by_position(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("one line only\n")  # the eval tail starts after the last line break: nothing left
+    with pytest.raises(DataError, match="eval split is empty") as caught:
+        prepare(make_config(tmp_path / "cache", source="text", path=str(path), eval_fraction=0.1))
+    message = str(caught.value)
+    assert "hashed" not in message and "last data.eval_fraction=0.1 of bytes" in message
+    assert "add lines to the file" in message
+
+
+def test_check_rejects_token_files_before_anything_is_written(tmp_path):
+    from train.data import check
+
+    path = tmp_path / "tokens.bin"
+    path.write_bytes(b"\x01\x00\x02")
+    config = make_config(tmp_path / "cache", source="tokens", token_dtype="uint16", path=str(path))
+    with pytest.raises(DataError, match="3 bytes, not a whole number of 2-byte uint16 tokens"):
+        check(config)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_full_disk_while_building_the_cache_is_one_write_error(tmp_path, corpus_dir, monkeypatch):
+    import errno
+
+    from common.files import WriteError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "cache" / "x" / "train.bin"))
+
+    monkeypatch.setattr(build_module, "write_splits", full)
+    with pytest.raises(WriteError, match="cannot write .*train.bin: No space left on device"):
+        prepare(make_config(tmp_path / "cache", source="text", path=str(corpus_dir[0])))
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
 def test_glob_and_directory_pick_the_same_files(tmp_path, corpus_dir):
     root, _ = corpus_dir
     (root / "notes.bin").write_bytes(b"\x01\x02")  # not a text suffix: skipped by the directory walk

@@ -1,11 +1,11 @@
 """Energy meter: RAPL (fake sysfs tree, wraparound), NVML (fake module), TDP estimate, resume."""
 
-import logging
 import types
+import warnings
 
 import pytest
 
-from train import energy
+from common import warn
 from train.config import HardwareConfig
 from train.energy import JOULES_PER_KWH, EnergyMeter, NotMeasurable, RaplReader
 
@@ -47,8 +47,8 @@ def rapl_root(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(energy, "_warned", set())
+def fresh_warnings():
+    warn.reset()
 
 
 def test_rapl_sums_packages_and_handles_wraparound(rapl_root):
@@ -75,6 +75,22 @@ def test_meter_measures_with_rapl(rapl_root):
     snap = meter.snapshot()
     kwh = 7.2e-3 / JOULES_PER_KWH * 1.1
     assert snap == {"energy_kwh": pytest.approx(kwh), "energy_source": "rapl", "co2e_kg": pytest.approx(kwh * 0.5)}
+
+
+def test_tick_polls_at_most_every_poll_seconds(rapl_root):
+    from train.energy import POLL_SECONDS
+
+    clock = Clock()
+    meter = EnergyMeter(cpu_devices(1), HW, rapl_root=rapl_root, clock=clock)
+    write_zone(rapl_root, "intel-rapl:0", "package-0", 1_000 + 3_600)
+    meter.tick()  # too soon: not read
+    assert meter.energy_kwh == 0.0
+    clock.now += POLL_SECONDS
+    meter.tick()
+    assert meter.energy_kwh == pytest.approx(3.6e-3 / JOULES_PER_KWH * 1.1)
+    write_zone(rapl_root, "intel-rapl:0", "package-0", 1_000 + 7_200)
+    meter.close()  # a final poll
+    assert meter.energy_kwh == pytest.approx(7.2e-3 / JOULES_PER_KWH * 1.1)
 
 
 def test_meter_estimates_cpu_host_once_however_many_devices(tmp_path):
@@ -167,9 +183,10 @@ def test_resume_adds_prior_energy_and_names_both_sources():
     assert unknown_before.energy_kwh is None and unknown_before.co2e_kg is None
 
 
-def test_unknown_power_and_nothing_measurable_is_null_with_one_warning(caplog):
-    caplog.set_level(logging.WARNING, logger="train.energy")
-    for _ in range(2):
-        meter = EnergyMeter(gpu_devices("NVIDIA H800", 4), HW, nvml=None)
-        assert meter.snapshot() == {"energy_kwh": None, "energy_source": None, "co2e_kg": None}
-    assert len(caplog.records) == 1 and "hardware.tdp_watts" in caplog.records[0].getMessage()
+def test_unknown_power_and_nothing_measurable_is_null_with_one_warning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            meter = EnergyMeter(gpu_devices("NVIDIA H800", 4), HW, nvml=None)
+            assert meter.snapshot() == {"energy_kwh": None, "energy_source": None, "co2e_kg": None}
+    assert len(caught) == 1 and "hardware.tdp_watts" in str(caught[0].message)

@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from analysis.sources import Conventions, load_runs
-from launch import multihost
+from analysis.synthetic import run_summary
+from common.run_contract import write_summary
+from train import multihost
 from launch import plan as plan_lib
 from launch import status as status_lib
 from launch.cli import main
@@ -105,9 +107,10 @@ def test_isoflop_plan_spends_each_budget_and_filters_by_tokens_per_param(tmp_pat
 
 def test_generated_ladder_reproduces_the_ladder_presets():
     problems = []
-    by_width = plan_lib.ladder_models({"d_model": [64, 96, 128, 192, 288, 384], "aspect_ratio": 32,
-                                       "head_dim": 32, "ffn_ratio": "8/3", "ffn_multiple": 32}, problems)
-    by_depth = plan_lib.ladder_models({"n_layers": [2, 3, 4, 6, 9, 12]}, problems)
+    by_width = plan_lib.ladder_models(plan_lib.parse_ladder(
+        {"d_model": [64, 96, 128, 192, 288, 384], "aspect_ratio": 32, "head_dim": 32, "ffn_ratio": "8/3",
+         "ffn_multiple": 32}, problems), problems)
+    by_depth = plan_lib.ladder_models(plan_lib.parse_ladder({"n_layers": [2, 3, 4, 6, 9, 12]}, problems), problems)
     assert not problems
     for rung, (width, depth) in enumerate(zip(by_width, by_depth)):
         preset = yaml.safe_load((CONFIG_ROOT / "models" / f"ladder-{rung}.yaml").read_text())["model"]
@@ -119,7 +122,7 @@ def test_generated_ladder_reproduces_the_ladder_presets():
 def test_overtrain_plan_trains_multiples_of_n(tmp_path):
     spec = write_spec(tmp_path, "ot", kind="overtrain", base="tiny.yaml", token_multipliers=[5, 20, 80],
                       models=["ladder-0", {"preset": "ladder-1", "name": "rung1"}],
-                      overrides={"data.seq_len": 128})
+                      overrides={"data.seq_len": 128}, branches=False)  # standalone runs (branches: test_branches.py)
     grid = plan_lib.load(spec)
     assert [run.run_id for run in grid.runs] == ["M5-d64-l2", "M5-rung1", "M20-d64-l2", "M20-rung1",
                                                  "M80-d64-l2", "M80-rung1"]
@@ -152,8 +155,9 @@ def test_sweep_is_the_cartesian_product_of_its_axes(tmp_path):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"kind": "isoflp"}, "kind: 'isoflp' is not allowed; choose one of isoflop, overtrain, sweep"),
-    ({"budgets": [1e12, -3]}, "budgets[1]: -3 must be > 0"),
+    ({"kind": "isoflp"}, "kind: 'isoflp' is not allowed (did you mean 'isoflop'?); choose one of isoflop, overtrain, "
+                         "sweep"),
+    ({"budgets": [1e12, -3]}, "budgets[1]: -3.0 must be > 0"),
     ({"budget": [1e12]}, "budget: unknown key (did you mean 'budgets'?)"),
     ({"models": ["ladder-0"]}, "models: set exactly one of models"),
     ({"ladder": {"d_model": [40], "head_dim": 32}}, "ladder.d_model[0]: 40 is not a multiple of ladder.head_dim=32"),
@@ -213,8 +217,7 @@ def test_status_tells_live_dead_and_finished_runs_apart(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     status_lib.start_record(status_lib.record_path(grid, dead.run_id), executor="local", pid=gone.pid)
-    (grid.run_dir(done) / "summary.json").write_text(json.dumps(
-        {"status": "completed", "steps": 40, "final_eval_loss": 1.5, "wall_seconds": 3.0}))
+    write_summary(grid.run_dir(done), run_summary(done.run_id, 1e6, 2e7, 1.5, 1.2e14))
     states = {item.run_id: item for item in status_lib.grid_status(grid)}
     assert states[live.run_id].status == "running" and f"pid {os.getpid()}" in states[live.run_id].detail
     assert states[dead.run_id].status == "failed"
@@ -230,6 +233,7 @@ def test_status_tells_live_dead_and_finished_runs_apart(tmp_path):
 # ---------------------------------------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_local_grid_resumes_skips_completed_and_reports_failures(tmp_path, capsys):
     spec = write_spec(tmp_path, "micro", kind="sweep", base=str(write_base(tmp_path)), axes={"case": {
         "ok": {"optimizer.learning_rate": 0.01},
@@ -262,6 +266,7 @@ def test_local_grid_resumes_skips_completed_and_reports_failures(tmp_path, capsy
     assert any("1 failed" in note for note in dataset.notes)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the budget.s .* epochs")
 def test_isoflop_grid_through_submitit_local_and_debug(tmp_path, capsys):
     spec = write_spec(tmp_path, "iso-micro", kind="isoflop", base=str(write_base(tmp_path)), budgets=["1.5e9", "3e9"],
@@ -319,8 +324,9 @@ def test_multihost_detection():
         multihost.detect({"JAX_COORDINATOR_ADDRESS": "h:1"})
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_join_one_jax_runtime(tmp_path):
-    script = ("from launch import multihost; how = multihost.initialize_from_env(); import jax; "
+    script = ("from train import multihost; how = multihost.initialize_from_env(); import jax; "
               "print(how, jax.process_index(), jax.process_count(), len(jax.devices()))")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -333,6 +339,7 @@ def test_two_cpu_processes_join_one_jax_runtime(tmp_path):
     assert outputs == ["explicit 0 2 2", "explicit 1 2 2"]
 
 
+@pytest.mark.slow
 def test_job_array_path_submits_and_follows_jobs(tmp_path):
     """The SLURM branch (one submitit job array, records written before submission), run on submitit's
     local executor: the same map_array/poll code, with subprocesses instead of sbatch."""
@@ -347,10 +354,11 @@ def test_job_array_path_submits_and_follows_jobs(tmp_path):
     (active,) = backend.submit_all(list(grid.runs))
     record = status_lib.read_record(status_lib.record_path(grid, grid.runs[0].run_id))
     assert record["job_id"] in (str(active.handle.job_id), "submitting") or record["pid"] is not None
-    result = None
-    while result is None:
+    result, deadline = None, time.monotonic() + 300  # one micro run; minutes would mean a hung job
+    while result is None and time.monotonic() < deadline:
         time.sleep(0.2)
         result = backend.poll(active)
+    assert result is not None, "the job did not finish within 300 s"
     assert result["status"] == "completed" and result["final_eval_loss"] > 0
     record = status_lib.read_record(status_lib.record_path(grid, grid.runs[0].run_id))
     assert record["finished"] and record["error"] is None and record["pid"] != os.getpid()

@@ -1,13 +1,13 @@
 """Hardware table matching, peaks per dtype, CPU calibration cache, MFU and TDP."""
 
 import json
-import logging
 import re
 import types
 
 import jax
 import pytest
 
+import common.warn
 from train import hardware
 from train.config import HardwareConfig
 from train.hardware import TABLE, Peak, compute_dtype_of, device_peak, match_accelerator, mfu, tdp_watts
@@ -54,7 +54,7 @@ def tpu(kind):
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(hardware, "_warned", set())
+    common.warn.reset()
     monkeypatch.setattr(hardware, "_session_peaks", {})
 
 
@@ -110,14 +110,13 @@ def test_device_peak_values(device, dtype, precision, expected):
     assert peak.source.startswith("table: ")
 
 
-def test_missing_dtype_and_unknown_device_give_null_with_one_warning(caplog):
-    caplog.set_level(logging.WARNING, logger="train.hardware")
+def test_missing_dtype_and_unknown_device_give_null_with_one_warning(recwarn):
     for _ in range(3):
         assert device_peak(tpu("TPU v5p"), "fp8").flops_per_second is None
         peak = device_peak(gpu("NVIDIA H800"), "bf16")
     assert peak == Peak(None, "unknown device 'NVIDIA H800'")
     assert mfu(1e15, 8, peak) is None
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [str(w.message) for w in recwarn]
     assert len(warnings) == 2 and "H800" in warnings[1] and "fp8" in warnings[0]
 
 
@@ -130,8 +129,7 @@ def test_override_wins_and_mfu_arithmetic():
         mfu(1.0, 0, peak)
 
 
-def test_compute_dtype_of():
-    assert [compute_dtype_of(p) for p in ("fp32", "bf16_mixed", "bf16", "fp8")] == ["fp32", "bf16", "bf16", "fp8"]
+def test_compute_dtype_of_an_unknown_policy_names_it():
     with pytest.raises(ValueError, match="fp16"):
         compute_dtype_of("fp16")
 
@@ -160,7 +158,7 @@ def fake_calibration(monkeypatch):
     # Process-wide memory of earlier calibrations and warnings (another test in this worker may have
     # calibrated for real) must not leak in.
     monkeypatch.setattr(hardware, "_session_peaks", {})
-    monkeypatch.setattr(hardware, "_warned", set())
+    common.warn.reset()
     return calls
 
 
@@ -179,14 +177,14 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, fake_calibration, monkey
 
 
 def test_cpu_peak_measured_on_a_busy_machine_is_used_but_not_cached(tmp_path, fake_calibration, monkeypatch,
-                                                                    caplog):
+                                                                    recwarn):
     busy = iter([(100.0, 10.0), (101.6, 10.8)])  # 1.6 s busy in all, 0.8 s of it ours
     monkeypatch.setattr(hardware, "_busy_seconds", lambda: next(busy))
     monkeypatch.setattr(hardware.os, "cpu_count", lambda: 2)
     cache = tmp_path / "peak.json"
     peak = hardware.cpu_peak("fp32", cache_path=cache)
     assert peak.flops_per_second == 2.0e11 and "not cached" in peak.source and not cache.exists()
-    assert any("other processes used" in r.getMessage() for r in caplog.records)
+    assert any("other processes used" in str(w.message) for w in recwarn)
     assert hardware.cpu_peak("fp32", cache_path=cache) == peak and fake_calibration == ["fp32"]  # once per process
 
 
@@ -195,10 +193,10 @@ def test_busy_seconds_reads_proc_stat():
     assert machine > 0 and 0 < own <= machine + 1
 
 
-def test_mfu_above_one_warns_once(caplog):
+def test_mfu_above_one_warns_once(recwarn):
     assert mfu(3e11, 1, Peak(2e11, "measured: x")) == pytest.approx(1.5)
     assert mfu(3.2e11, 1, Peak(2e11, "measured: x")) == pytest.approx(1.6)
-    assert sum("exceeds 100%" in r.getMessage() for r in caplog.records) == 1
+    assert sum("exceeds 100%" in str(w.message) for w in recwarn) == 1
 
 
 def test_cpu_peak_is_split_over_fake_devices(tmp_path, fake_calibration, monkeypatch):
@@ -220,5 +218,83 @@ def test_describe_devices(tmp_path, fake_calibration):
     described = hardware.describe_devices([gpu("NVIDIA H100 PCIe")] * 2, "bf16")
     assert described["accelerator"] == "NVIDIA H100 PCIe" and described["peak_flops_per_second"] == 756.5e12
     assert (described["tdp_watts"], described["tdp_scope"]) == (350.0, "device")
-    mixed = hardware.describe_devices([gpu("NVIDIA H100 PCIe"), gpu("NVIDIA H200")], "bf16")
+    with pytest.warns(UserWarning, match="mixed device kinds"):
+        mixed = hardware.describe_devices([gpu("NVIDIA H100 PCIe"), gpu("NVIDIA H200")], "bf16")
     assert mixed["peak_flops_per_second"] is None and mixed["tdp_watts"] is None
+
+
+# ----------------------------------------------------------------------------- memory bandwidth
+
+
+@pytest.mark.parametrize("kind", KNOWN)
+def test_every_known_accelerator_has_one_bandwidth(kind):
+    bandwidth = hardware.table_bandwidth(kind)
+    assert 1e11 <= bandwidth.bytes_per_second <= 1e13 and bandwidth.source.startswith("table: ")
+
+
+def test_bandwidth_rows_name_table_rows_and_sources():
+    names = {row.name for row in TABLE}
+    assert {row.accelerator for row in hardware.BANDWIDTH_TABLE} == names  # every accelerator has a figure
+    assert all(any(unit in row.source for unit in ("GB/s", "TB/s", "GBps")) for row in hardware.BANDWIDTH_TABLE)
+    assert hardware.table_bandwidth("NVIDIA A100-SXM4-40GB").bytes_per_second == 1555e9
+    assert hardware.table_bandwidth("NVIDIA A100-SXM4-80GB").bytes_per_second == 2039e9
+    assert hardware.table_bandwidth("NVIDIA H200").bytes_per_second == 4800e9
+    assert hardware.table_bandwidth("TPU v5 lite").bytes_per_second == 819e9
+
+
+def test_unknown_or_ambiguous_bandwidth_is_null_with_one_warning(recwarn):
+    assert hardware.table_bandwidth("AMD Instinct MI300X").bytes_per_second is None
+    assert hardware.table_bandwidth("NVIDIA A100 SXM4").bytes_per_second is None  # 40 or 80 GB: unknowable
+    assert hardware.table_bandwidth("AMD Instinct MI300X").bytes_per_second is None
+    assert sum("no memory bandwidth" in str(w.message) for w in recwarn) == 2
+    assert hardware.device_bandwidth(gpu("NVIDIA H100 PCIe")).bytes_per_second == 2000e9
+
+
+@pytest.fixture
+def fake_bandwidth(monkeypatch):
+    calls = []
+
+    def measure(n_bytes=256 << 20, repeats=5):
+        calls.append(n_bytes)
+        return {"bytes_per_second": 3.0e10, "sum_bytes_per_second": 2.0e10, "gemv_bytes_per_second": 3.0e10,
+                "array_bytes": n_bytes}
+
+    monkeypatch.setattr(hardware, "measure_cpu_bandwidth", measure)
+    monkeypatch.setattr(hardware, "_busy_seconds", lambda: None)
+    return calls
+
+
+def test_cpu_bandwidth_is_measured_once_cached_and_labelled(tmp_path, fake_bandwidth, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cpu = jax.devices("cpu")[0]
+    first, second = hardware.device_bandwidth(cpu), hardware.device_bandwidth(cpu)
+    assert first == second and first.bytes_per_second == 3.0e10 and first.source.startswith("measured: ")
+    assert fake_bandwidth == [256 << 20]
+    (entry,) = json.loads((tmp_path / "isoflop" / "cpu_bandwidth.json").read_text())["entries"].values()
+    assert entry["gemv_bytes_per_second"] == 3.0e10 and entry["cores"] == hardware.cpu_cores()
+    hardware.cpu_bandwidth(recalibrate=True)  # re-runnable: measures again and rewrites the cache
+    assert len(fake_bandwidth) == 2
+    assert not (tmp_path / "isoflop" / "cpu_peak.json").exists()  # the FLOP peak has its own file
+
+
+def test_cpu_bandwidth_on_a_busy_machine_is_not_cached(tmp_path, fake_bandwidth, monkeypatch, recwarn):
+    busy = iter([(100.0, 10.0), (101.6, 10.8)])
+    monkeypatch.setattr(hardware, "_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 2)
+    cache = tmp_path / "bandwidth.json"
+    bandwidth = hardware.cpu_bandwidth(cache)
+    assert bandwidth.bytes_per_second == 3.0e10 and "not cached" in bandwidth.source and not cache.exists()
+    assert any("CPU bandwidth: other processes used" in str(w.message) for w in recwarn)
+    assert hardware.cpu_bandwidth(cache) == bandwidth and len(fake_bandwidth) == 1  # once per process
+
+
+def test_cpu_bandwidth_is_split_over_fake_devices(tmp_path, fake_bandwidth, monkeypatch):
+    monkeypatch.setattr(hardware, "_local_cpu_device_count", lambda: 4)
+    bandwidth = hardware.device_bandwidth(jax.devices("cpu")[0], cache_path=tmp_path / "b.json")
+    assert bandwidth.bytes_per_second == pytest.approx(3.0e10 / 4) and "/ 4 CPU devices" in bandwidth.source
+
+
+def test_real_bandwidth_calibration_is_plausible():
+    measured = hardware.measure_cpu_bandwidth(n_bytes=16 << 20, repeats=2)
+    assert 1e8 < measured["bytes_per_second"] < 1e13  # a few to hundreds of GB/s
+    assert measured["bytes_per_second"] == max(measured["sum_bytes_per_second"], measured["gemv_bytes_per_second"])

@@ -1,9 +1,8 @@
-"""metrics.jsonl + TensorBoard round trip, resume truncation, progress text, atomic summary."""
+"""metrics.jsonl + TensorBoard round trip, resume truncation, progress text (summary.json: test_contract.py)."""
 
 import io
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from common import formatting
 from train import metric_log
-from train.metric_log import MetricLog, peak_memory_bytes, tag_of, to_json_value, write_summary
+from common.run_contract import to_json_value
+from train.metric_log import MetricLog, peak_memory_bytes, tag_of
 
 
 def step_metrics(step, offset=0.0):
@@ -100,6 +100,52 @@ def test_fresh_start_discards_earlier_metrics(tmp_path):
     assert scalars(tmp_path, "train/loss") == [(1, 7.0)]
 
 
+def test_resume_rebuilds_lost_events_from_metrics_jsonl(tmp_path):
+    with MetricLog(tmp_path, total_steps=6, stream=io.StringIO()) as log:
+        for step in range(1, 5):
+            log.log(step, step_metrics(step))
+    for path in tmp_path.glob("events.out.tfevents.*"):  # what a kill can do to a queued writer
+        path.unlink()
+    with MetricLog(tmp_path, total_steps=6, resume_step=3, stream=io.StringIO()) as log:
+        log.log(4, step_metrics(4, offset=0.125))
+        assert log.resumed_metrics["train_loss"] == 3.5 and log.resumed_metrics["eval_loss"] == 3.5
+    assert scalars(tmp_path, "train/loss") == [(1, 4.5), (2, 4.0), (3, 3.5), (4, 3.125)]
+    assert scalars(tmp_path, "eval/loss") == [(2, 3.5), (4, 2.5)]
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1  # older files are replaced, not stacked
+
+
+def test_a_failed_metrics_write_is_one_write_error(tmp_path):
+    import errno
+
+    from common.files import WriteError
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    log = MetricLog(tmp_path, total_steps=2, stream=io.StringIO())
+    log._file = FullDisk()
+    with pytest.raises(WriteError, match=r"cannot write .*metrics.jsonl: No space left on device"):
+        log.log(1, {"train_loss": 1.0})
+    log.close()
+
+
+def test_truncation_on_resume_keeps_the_file_mode(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        with MetricLog(tmp_path, total_steps=3, stream=io.StringIO()) as log:
+            log.log(1, {"train_loss": 2.0})
+            log.log(2, {"train_loss": 1.0})
+        with MetricLog(tmp_path, total_steps=3, resume_step=1, stream=io.StringIO()):
+            pass
+    finally:
+        os.umask(previous)
+    assert read_jsonl(tmp_path) == [{"step": 1, "train_loss": 2.0}]
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
 def test_progress_bar_in_a_terminal(tmp_path):
     stream = io.StringIO()
     with MetricLog(tmp_path, total_steps=4, resume_step=0, stream=stream, progress_bar=True) as log:
@@ -118,20 +164,6 @@ def test_tags_and_json_values():
         to_json_value(np.zeros(3))
     assert formatting.format_duration(192) == "3m12s" and formatting.format_duration(3725) == "1h02m"
     assert formatting.format_duration(None) == "?" and formatting.format_count(2_500_000) == "2.5M"
-
-
-def test_write_summary_is_atomic(tmp_path, monkeypatch):
-    write_summary(tmp_path, {"status": "running", "final_train_loss": float("nan")})
-    assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "running", "final_train_loss": None}
-
-    def crash(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        write_summary(tmp_path, {"status": "completed"})
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temp file left behind
 
 
 def test_peak_memory_bytes():

@@ -18,21 +18,15 @@ from modeling import accounting
 from train import data as data_lib
 from train.config import Config
 from train.hardware import compute_dtype_of, device_peak, mfu
-from train.loop import _init_state
-from train.optimizer import build_optimizer
-from train.sharding import batch_sharding, check_batch_divides, make_mesh
-from train.step import make_train_step
+from train.loop import build_training
+from train.sharding import make_mesh
 
 
 def bench_train(config: Config, steps: int = 10, repeats: int = 1) -> dict:
     mesh = make_mesh(config.run)
-    check_batch_divides(config.data.batch_size, mesh)
     dataset = data_lib.prepare(config)
-    optimizer = build_optimizer(config.optimizer, max(steps * repeats + 1, 2))
-    graphdef, params, opt_state, (param_sh, opt_sh) = _init_state(config, mesh, optimizer)
-    data_sh = batch_sharding(mesh)
-    step_fn = make_train_step(graphdef, optimizer, z_loss=config.optimizer.z_loss,
-                              grad_accum_steps=config.optimizer.grad_accum_steps, shardings=(param_sh, opt_sh, data_sh))
+    setup = build_training(config, max(steps * repeats + 1, 2), mesh)  # the trainer's own step and state
+    params, opt_state, step_fn, data_sh = setup.params, setup.opt_state, setup.train_step, setup.data_sharding
     iterator = dataset.train_iterator(config.run.seed)
 
     start = time.perf_counter()

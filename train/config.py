@@ -3,34 +3,50 @@
 Configs are data (big_vision/nanodo style): every section is a frozen dataclass, a YAML file may name
 a base file it `extends`, and `key.sub=value` arguments override single fields. Everything is checked
 before any compute and every problem is reported on its own line, naming the field and what is allowed.
+The checks and the typed coercion come from common/validation.py, the toolkit that model configs and grid
+specs share; the names several packages agree on (FLOP conventions, parameter-count kinds) from
+common/vocabulary.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import pathlib
-import types
-import typing
 
 import yaml
 
+from common.validation import (
+    ConfigError,
+    build,
+    in_range,
+    name_component,
+    non_negative,
+    one_of,
+    output_directory,
+    parse_yaml_value,
+    positive,
+    read_yaml_mapping,
+)
+from common.vocabulary import BUDGET_FLOP_CONVENTIONS, PARAM_KINDS
 from modeling.config import ModelConfig, RopeScaling, validate_model
 
 CONFIG_ROOT = pathlib.Path(__file__).resolve().parent.parent / "configs"
-BUDGET_CONVENTIONS = ("6N", "6N_attn", "chinchilla")
 SCHEDULES = ("cosine", "wsd", "constant")
+# How the warmup length is set (train/optimizer.py `warmup_steps`): a share of the run, or a length that does
+# not depend on the run's length (which WSD branches need, and Porian et al. 2024 recommend: a fixed long
+# warmup hurts small models; `params` is their rule, warmup tokens = N).
+WARMUP_RULES = ("fraction", "steps", "tokens", "params")
 DATA_SOURCES = ("stdlib", "text", "jsonl", "tokens")
 TOKENIZERS = ("byte", "bpe")
 TOKEN_DTYPES = ("uint16", "uint32")
-
-
-class ConfigError(ValueError):
-    """One or more config problems; str() is one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+MAX_SEED = 2**32 - 1  # grain's shuffle accepts seeds in [0, 2**32 - 1]
+# Upper bounds on a budget, each with its reason: far beyond any training run, and small enough that every
+# quantity derived from them (tokens x FLOPs per token, step counts) stays a finite float.
+BUDGET_LIMITS = {
+    "flops": (1e40, "10^14x the largest reported training runs, ~1e26 FLOPs"),
+    "tokens": (1e30, "10^16x the largest published training corpora, ~1e14 tokens"),
+    "token_multiplier": (1e9, "10^5x the most over-trained published models, ~2000 tokens per parameter"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +67,11 @@ class DataConfig:
 class OptimizerConfig:
     learning_rate: float = 3e-3  # peak
     schedule: str = "cosine"  # cosine (warmup + cosine to floor) | wsd (warmup-stable-decay) | constant
-    warmup_fraction: float = 0.05  # of total steps
+    warmup_rule: str = "fraction"  # fraction | steps | tokens | params (see WARMUP_RULES)
+    warmup_fraction: float = 0.05  # rule fraction: of total steps
+    warmup_steps: int = 0  # rule steps
+    warmup_tokens: float = 0.0  # rule tokens: ceil(warmup_tokens / tokens per step) steps
+    warmup_params_ratio: float = 1.0  # rule params: warmup tokens = ratio x N (N under budget.params; Porian: 1)
     decay_fraction: float = 0.2  # wsd: final share of steps spent decaying
     min_lr_ratio: float = 0.1  # floor as a fraction of the peak
     beta1: float = 0.9
@@ -88,6 +108,10 @@ class RunConfig:
     mesh_data: int = -1  # -1: all devices not used by the other axes
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
+    # Set by grids (launch/plan.py), recorded in the summary:
+    lr_sweep: str | None = None  # the learning-rate sweep group this run belongs to (analysis keeps its best)
+    branch_points: tuple[int, ...] = ()  # a WSD stable run: keep checkpoints at these steps for its branches
+    branch_from: str | None = None  # a WSD decay branch: the stable run directory it starts from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,106 +133,42 @@ class Config:
     hardware: HardwareConfig = HardwareConfig()
 
 
-# ----------------------------------------------------------------------------- building from dicts
-
-
-def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _coerce(value, annotation, path: str, problems: list[str]):
-    """Check/convert one YAML value against a field annotation; append a problem on mismatch."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, path, problems)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping of {annotation.__name__} fields, got {value!r}")
-            return annotation()
-        return _build(annotation, value, path, problems)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"{path}: expected a list, got {value!r}")
-            return ()
-        return tuple(_coerce(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{path}: expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{path}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:  # YAML reads 3e14 (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{path}: expected a number, got {value!r}")
-            return value
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            problems.append(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} at {path}")
-
-
-def _build(cls, raw: dict, path: str, problems: list[str]):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key not in known:
-            problems.append(f"{where}: unknown key{_suggest(str(key), known)}; allowed: {', '.join(sorted(known))}")
-            continue
-        kwargs[key] = _coerce(value, hints[key], where, problems)
-    return cls(**kwargs)
-
-
 # ----------------------------------------------------------------------------- YAML, extends, overrides
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, mappings merged key by key (how `extends` and model presets layer)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
-def _resolve_extends(target: str, relative_to: pathlib.Path) -> pathlib.Path:
+def set_field(tree: dict, dotted: str, value, where: str = "override") -> None:
+    """Set `section.field` (any depth) in a config tree in place, creating mappings on the way."""
+    parts = dotted.split(".") if isinstance(dotted, str) else [""]
+    if "" in parts:
+        raise ConfigError([f"{where}: {dotted!r} must be a dotted field name like model.d_model"])
+    node = tree
+    *parents, leaf = parts
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"{where}: {dotted!r} goes through a non-mapping field {part!r}"])
+        node = child
+    node[leaf] = value
+
+
+def _resolve_extends(target, relative_to: pathlib.Path) -> pathlib.Path:
+    if not isinstance(target, str) or not target:
+        raise ConfigError([f"extends: expected the path of a config YAML (e.g. tiny.yaml), got {target!r}"])
     for candidate in (relative_to / target, CONFIG_ROOT / target):
-        if candidate.is_file():
+        if candidate.exists():  # a directory too: read_yaml_mapping says what it is
             return candidate
     raise ConfigError([f"extends: {target!r} not found next to {relative_to} or under {CONFIG_ROOT}"])
-
-
-def read_yaml_mapping(path: str | pathlib.Path, what: str, expected: str) -> dict:
-    """A YAML file that must hold a mapping; a missing, malformed or non-mapping file is one ConfigError line
-    starting with `what` (e.g. "config", "grid"); `expected` describes the mapping's keys for that message."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError([f"{what}: file {str(path)!r} does not exist"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{what}: {path} is not valid YAML ({str(err).splitlines()[0]})"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{what}: {path} must hold a mapping ({expected}), got {type(raw).__name__}"])
-    return raw
 
 
 def load_yaml_tree(path: str | pathlib.Path, _seen: tuple = ()) -> dict:
@@ -217,35 +177,36 @@ def load_yaml_tree(path: str | pathlib.Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError([f"extends: cycle through {path}"])
     raw = read_yaml_mapping(path, "config", "of sections")
-    parent = raw.pop("extends", None)
-    if parent is None:
+    if "extends" not in raw:
         return raw
+    parent = raw.pop("extends")
     base = load_yaml_tree(_resolve_extends(parent, path.parent), _seen + (path.resolve(),))
-    return _deep_merge(base, raw)
+    return deep_merge(base, raw)
+
+
+def parse_override(item: str, where: str = "override") -> tuple[str, object]:
+    """`section.field=value` -> (dotted key, value parsed as safe YAML; empty means null); `where` starts
+    each problem line (a grid names the list entry)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError([f"{where}: {item!r} must look like section.field=value"])
+    return key, parse_yaml_value(text, f"{where} {key}") if text else None
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """Apply `section.field=value` strings; values are parsed as YAML scalars/lists."""
-    tree = _deep_merge({}, tree)
+    """Apply `section.field=value` strings to a copy of `tree`; values are parsed as YAML scalars/lists."""
+    tree = deep_merge({}, tree)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError([f"override: {item!r} must look like section.field=value"])
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError([f"override: {key!r} goes through a non-mapping field {part!r}"])
-        node[leaf] = yaml.safe_load(text) if text else None
+        key, value = parse_override(item)
+        set_field(tree, key, value)
     return tree
 
 
 def from_dict(tree: dict) -> Config:
     """Build and validate a Config; raise ConfigError listing every problem."""
     problems: list[str] = []
-    config = _build(Config, tree, "", problems)
-    if problems:
+    config = build(Config, tree, "", problems)
+    if problems:  # cross-field checks need the types right
         raise ConfigError(problems)
     problems = validate(config)
     if problems:
@@ -277,75 +238,126 @@ def dump_yaml(config: Config) -> str:
 # ----------------------------------------------------------------------------- cross-field checks
 
 
-def _one_of(field: str, value, allowed) -> list[str]:
-    return [] if value in allowed else [f"{field}: {value!r} is not allowed; choose one of {', '.join(allowed)}"]
-
-
-def _positive(field: str, value) -> list[str]:
-    return [] if value is not None and value > 0 else [f"{field}: {value!r} must be > 0"]
-
-
-def validate(config: Config) -> list[str]:
-    model, data, opt, budget, run = config.model, config.data, config.optimizer, config.budget, config.run
-    problems = validate_model(model)
-    problems += _one_of("data.source", data.source, DATA_SOURCES)
-    problems += _one_of("data.tokenizer", data.tokenizer, TOKENIZERS)
+def _data_problems(data: DataConfig, model: ModelConfig) -> list[str]:
+    problems = one_of("data.source", data.source, DATA_SOURCES)
+    problems += one_of("data.tokenizer", data.tokenizer, TOKENIZERS)
     if data.token_dtype is not None:
-        problems += _one_of("data.token_dtype", data.token_dtype, TOKEN_DTYPES)
+        problems += one_of("data.token_dtype", data.token_dtype, TOKEN_DTYPES)
     if data.source in ("text", "jsonl", "tokens") and not data.path:
         problems.append(f"data.path: required for data.source={data.source}")
     if data.source == "tokens" and data.token_dtype is None:
         problems.append("data.token_dtype: required for data.source=tokens; choose one of uint16, uint32")
+    if data.source == "jsonl" and not data.jsonl_field:
+        problems.append("data.jsonl_field: must name the field that holds each record's text")
+    if data.cache_dir is not None:
+        problems += output_directory("data.cache_dir", data.cache_dir)
     for field in ("seq_len", "batch_size", "eval_tokens"):
-        problems += _positive(f"data.{field}", getattr(data, field))
-    if not 0 < data.eval_fraction < 1:
-        problems.append(f"data.eval_fraction: {data.eval_fraction} must be between 0 and 1 (exclusive)")
+        problems += positive(f"data.{field}", getattr(data, field))
+    problems += in_range("data.eval_fraction", data.eval_fraction, 0, 1, low_open=True, high_open=True)
     if data.seq_len > model.max_seq_len:
         problems.append(f"data.seq_len: {data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
     if data.tokenizer == "byte" and data.source != "tokens" and model.vocab_size < 256:
         problems.append(f"model.vocab_size: {model.vocab_size} is below 256, the byte tokenizer's vocabulary")
     if data.tokenizer == "bpe" and model.vocab_size < 260:
         problems.append(f"model.vocab_size: {model.vocab_size} too small for a BPE tokenizer (needs >= 260)")
+    return problems
 
-    problems += _one_of("optimizer.schedule", opt.schedule, SCHEDULES)
-    problems += _positive("optimizer.learning_rate", opt.learning_rate)
-    problems += _positive("optimizer.grad_accum_steps", opt.grad_accum_steps)
+
+def _optimizer_problems(opt: OptimizerConfig, batch_size: int) -> list[str]:
+    problems = one_of("optimizer.schedule", opt.schedule, SCHEDULES)
+    problems += positive("optimizer.learning_rate", opt.learning_rate)
+    problems += positive("optimizer.eps", opt.eps)  # 0 divides 0 by 0 for a parameter whose gradient is 0
+    problems += positive("optimizer.grad_accum_steps", opt.grad_accum_steps)
+    problems += one_of("optimizer.warmup_rule", opt.warmup_rule, WARMUP_RULES)
     for field in ("warmup_fraction", "decay_fraction", "min_lr_ratio"):
-        value = getattr(opt, field)
-        if not 0 <= value <= 1:
-            problems.append(f"optimizer.{field}: {value} must be between 0 and 1")
+        problems += in_range(f"optimizer.{field}", getattr(opt, field), 0, 1)
+    for field in ("warmup_steps", "warmup_tokens", "warmup_params_ratio"):
+        problems += non_negative(f"optimizer.{field}", getattr(opt, field))
     for field in ("beta1", "beta2"):
-        value = getattr(opt, field)
-        if not 0 <= value < 1:
-            problems.append(f"optimizer.{field}: {value} must be in [0, 1)")
-    for field in ("eps", "weight_decay", "grad_clip", "z_loss"):
-        if getattr(opt, field) < 0:
-            problems.append(f"optimizer.{field}: {getattr(opt, field)} must be >= 0")
-    if opt.grad_accum_steps > 0 and data.batch_size % opt.grad_accum_steps:
+        problems += in_range(f"optimizer.{field}", getattr(opt, field), 0, 1, high_open=True)
+    for field in ("weight_decay", "grad_clip", "z_loss"):
+        problems += non_negative(f"optimizer.{field}", getattr(opt, field))
+    if opt.schedule == "wsd" and opt.warmup_rule == "fraction" and opt.warmup_fraction + opt.decay_fraction > 1:
+        problems.append(f"optimizer.decay_fraction: {opt.decay_fraction} plus optimizer.warmup_fraction "
+                        f"{opt.warmup_fraction} exceed the whole run for schedule=wsd (their sum must be <= 1)")
+    if opt.grad_accum_steps > 0 and batch_size > 0 and batch_size % opt.grad_accum_steps:
         problems.append(
-            f"optimizer.grad_accum_steps: {opt.grad_accum_steps} does not divide data.batch_size={data.batch_size}"
+            f"optimizer.grad_accum_steps: {opt.grad_accum_steps} does not divide data.batch_size={batch_size}"
         )
+    return problems
 
-    forms = [name for name in ("flops", "tokens", "token_multiplier") if getattr(budget, name) is not None]
+
+def _branch_problems(config: Config) -> list[str]:
+    """A WSD branch reproduces a standalone WSD run only when its warmup does not depend on the run length."""
+    opt = config.optimizer
+    if config.run.branch_from is None:
+        return []
+    problems = []
+    if opt.schedule != "wsd":
+        problems.append(f"optimizer.schedule: {opt.schedule!r}, but a branch (run.branch_from) is the decay of a "
+                        "WSD run; set optimizer.schedule=wsd")
+    if opt.warmup_rule == "fraction":
+        problems.append("optimizer.warmup_rule: 'fraction' makes the warmup depend on the run length, so a branch "
+                        "could not share its stable run's warmup; choose steps, tokens or params")
+    return problems
+
+
+def _budget_problems(budget: BudgetConfig) -> list[str]:
+    forms = [name for name in BUDGET_LIMITS if getattr(budget, name) is not None]
+    problems = []
     if len(forms) > 1:
         problems.append(f"budget: set exactly one of flops, tokens, token_multiplier (got {', '.join(forms)})")
     for name in forms:
-        problems += _positive(f"budget.{name}", getattr(budget, name))
-    problems += _one_of("budget.convention", budget.convention, BUDGET_CONVENTIONS)
-    problems += _one_of("budget.params", budget.params, ("non_embedding", "total", "active"))
+        value, (limit, why) = getattr(budget, name), BUDGET_LIMITS[name]
+        found = positive(f"budget.{name}", value)
+        if not found and value > limit:
+            found = [f"budget.{name}: {value:.4g} exceeds {limit:.0e} ({why})"]
+        problems += found
+    problems += one_of("budget.convention", budget.convention, BUDGET_FLOP_CONVENTIONS)
+    problems += one_of("budget.params", budget.params, PARAM_KINDS)
+    return problems
 
-    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        problems += _positive(f"run.{field}", getattr(run, field))
-    for field in ("mesh_fsdp", "mesh_tensor"):
-        problems += _positive(f"run.{field}", getattr(run, field))
+
+def _run_problems(run: RunConfig) -> list[str]:
+    problems = name_component("run.experiment", run.experiment)
+    if run.run_id is not None:
+        problems += name_component("run.run_id", run.run_id)
+    problems += output_directory("run.out_dir", run.out_dir)
+    problems += in_range("run.seed", run.seed, 0, MAX_SEED)
+    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "mesh_fsdp", "mesh_tensor"):
+        problems += positive(f"run.{field}", getattr(run, field))
     if run.mesh_data == 0 or run.mesh_data < -1:
         problems.append(f"run.mesh_data: {run.mesh_data} must be -1 (all remaining devices) or > 0")
-    if run.run_id is not None and (not run.run_id or "/" in run.run_id):
-        problems.append(f"run.run_id: {run.run_id!r} must be a non-empty name without '/'")
-    problems += _positive("hardware.pue", config.hardware.pue)
-    if config.hardware.grid_kg_co2e_per_kwh < 0:
-        problems.append(f"hardware.grid_kg_co2e_per_kwh: {config.hardware.grid_kg_co2e_per_kwh} must be >= 0")
+    if run.lr_sweep is not None:
+        problems += name_component("run.lr_sweep", run.lr_sweep)
+    problems += [problem for i, step in enumerate(run.branch_points) for problem in positive(f"run.branch_points[{i}]", step)]
+    if run.branch_points and run.branch_from is not None:
+        problems.append("run.branch_points: a branch (run.branch_from set) cannot itself keep branch points")
+    if run.branch_from is not None and not run.branch_from:
+        problems.append("run.branch_from: expected the stable run's directory, got ''")
     return problems
+
+
+def _hardware_problems(hardware: HardwareConfig) -> list[str]:
+    problems = []
+    if hardware.pue < 1:  # coerce made it a finite float
+        problems.append(f"hardware.pue: {hardware.pue} must be >= 1 (facility power over the IT power it feeds)")
+    problems += non_negative("hardware.grid_kg_co2e_per_kwh", hardware.grid_kg_co2e_per_kwh)
+    for field in ("peak_flops_per_second", "tdp_watts"):
+        if getattr(hardware, field) is not None:
+            problems += positive(f"hardware.{field}", getattr(hardware, field))
+    return problems
+
+
+def validate(config: Config) -> list[str]:
+    """Every problem of a typed config (the model's, each section's, and those across sections)."""
+    return (validate_model(config.model)
+            + _data_problems(config.data, config.model)
+            + _optimizer_problems(config.optimizer, config.data.batch_size)
+            + _budget_problems(config.budget)
+            + _run_problems(config.run)
+            + _branch_problems(config)
+            + _hardware_problems(config.hardware))
 
 
 __all__ = [
@@ -358,8 +370,15 @@ __all__ = [
     "OptimizerConfig",
     "RopeScaling",
     "RunConfig",
+    "WARMUP_RULES",
+    "deep_merge",
     "dump_yaml",
     "from_dict",
     "load",
+    "load_yaml_tree",
+    "parse_override",
+    "read_yaml_mapping",
+    "set_field",
     "to_dict",
+    "validate",
 ]

@@ -19,6 +19,7 @@ import pathlib
 import re
 import time
 
+from common.warn import warn_once
 from train.config import HardwareConfig
 from train.hardware import tdp_watts
 
@@ -26,15 +27,8 @@ log = logging.getLogger(__name__)
 
 RAPL_ROOT = "/sys/class/powercap"
 JOULES_PER_KWH = 3.6e6
+POLL_SECONDS = 10.0  # RAPL wraps after hundreds of seconds at full power; NVML's counter does not wrap
 _LAZY = object()
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)
-
 
 class NotMeasurable(Exception):
     """This hardware/user cannot read an energy counter (the meter then estimates)."""
@@ -47,7 +41,7 @@ class RaplReader:
     """Joules since construction, summed over top-level RAPL package zones (`intel-rapl:N`; AMD
     exposes the same names). Subzones (core, dram) and psys would double count, so they are
     skipped. Each counter wraps to 0 after max_energy_range_uj; poll it more often than one wrap
-    (hundreds of seconds at full power) — the training loop polls every step."""
+    (hundreds of seconds at full power) — the training loop offers a poll every step (`EnergyMeter.tick`)."""
 
     def __init__(self, root: str | os.PathLike = RAPL_ROOT):
         root = pathlib.Path(root)
@@ -145,7 +139,8 @@ def _estimate_power(devices, hardware_config) -> tuple[int, float | None, str]:
 
 
 class EnergyMeter:
-    """Accumulates a run's energy from construction on; call `update()` every step (cheap).
+    """Accumulates a run's energy from construction on; call `tick()` every step (it polls at most every
+    POLL_SECONDS, far more often than a counter wraps) and `update()`/`snapshot()` where a fresh value is needed.
 
     `devices` are this process's devices (`jax.local_devices()`): a multi-host run sums its
     processes' kWh. After `close()` the measured part stops growing (the run is over).
@@ -165,12 +160,13 @@ class EnergyMeter:
         self._estimate_label = None if watts is None else f"estimate: {units} × {watts:g} W TDP × PUE {self.pue:g}"
         self._reader, self._reader_label = self._open_reader(devices, rapl_root, nvml)
         self._start = clock()
+        self._polled_at = self._start
         self._measured_joules = 0.0
         self._failed_at: float | None = None
         self._closed = False
         self._stopped_at = 0.0
         if self._reader is None and watts is None:
-            _warn_once(f"energy: nothing measurable and no power figure ({self.tdp_source}); energy is null"
+            warn_once(f"energy: nothing measurable and no power figure ({self.tdp_source}); energy is null"
                        " (set hardware.tdp_watts to estimate it)")
 
     @staticmethod
@@ -188,15 +184,21 @@ class EnergyMeter:
             log.info("energy: not measured (%s); estimating from TDP", err)
         return None, None
 
+    def tick(self) -> None:
+        """Poll if POLL_SECONDS have passed since the last poll: cheap enough to call every step."""
+        if self._clock() - self._polled_at >= POLL_SECONDS:
+            self.update()
+
     def update(self) -> None:
         """Poll the counter (catches RAPL wraparound); a failing counter hands over to the estimate."""
         if self._reader is None or self._failed_at is not None or self._closed:
             return
+        self._polled_at = self._clock()
         try:
             self._measured_joules = self._reader.joules()
         except Exception as err:
             self._failed_at = self._clock()
-            _warn_once(f"energy: {self._reader_label} reading failed ({err}); estimating from here on")
+            warn_once(f"energy: {self._reader_label} reading failed ({err}); estimating from here on")
 
     def _session_joules(self) -> float | None:
         now = self._stopped_at if self._closed else self._clock()

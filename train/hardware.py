@@ -1,9 +1,11 @@
-"""Peak FLOP/s and power of the devices a run uses, so MFU and energy are honest numbers or null.
+"""Peak FLOP/s, memory bandwidth and power of the devices a run uses, so MFU, the decode bandwidth bound
+and energy are honest numbers or null.
 
-Accelerators come from a table of vendor figures (dense, i.e. without 2:4 sparsity), each with its
-source. A CPU has no spec sheet that matches what XLA achieves, so its peak is measured once by a
-matmul calibration and cached per machine. An unknown device gives `None` and one warning: a null
-MFU is better than a wrong one.
+Accelerators come from tables of vendor figures (FLOP/s dense, i.e. without 2:4 sparsity; memory
+bandwidth of HBM/GDDR), each with its source. A CPU has no spec sheet that matches what XLA achieves,
+so its peak and its bandwidth are measured once (a matmul and a read calibration) and cached per
+machine, labelled `measured`. An unknown device gives `None` and one warning: a null MFU is better
+than a wrong one.
 """
 
 from __future__ import annotations
@@ -11,19 +13,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import logging
 import os
 import pathlib
 import platform
 import re
-import tempfile
 import time
 
-log = logging.getLogger(__name__)
+from common.files import WriteError, atomic_write
+from common.vocabulary import PRECISION_COMPUTE_DTYPES
+from common.warn import warn_once
 
 TERA = 1e12
 DTYPES = ("fp32", "tf32", "bf16", "fp8", "int8")
-_PRECISION_DTYPES = {"fp32": "fp32", "bf16_mixed": "bf16", "bf16": "bf16", "fp8": "fp8"}
 
 # CPU power: a current server CPU's TDP per core (AMD EPYC 9755 datasheet: 128 cores, 500 W default
 # TDP). Package power only (no DRAM, board or fans); multiplied by the cores this process may use.
@@ -122,18 +123,7 @@ class Peak:
     source: str
 
 
-# ----------------------------------------------------------------------------- matching and warnings
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str, key: str | None = None) -> None:
-    """Log `message` the first time its key (default: the message) comes up in this process."""
-    key = message if key is None else key
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message)
-
+# ----------------------------------------------------------------------------- matching
 
 def normalise_kind(device_kind: str) -> str:
     return re.sub(r"[\s_\-]+", " ", device_kind.lower()).strip()
@@ -146,16 +136,16 @@ def match_accelerator(device_kind: str) -> Accelerator | None:
         return None
     matches = [row for row in TABLE if re.search(row.pattern, kind)]
     if len(matches) > 1:
-        _warn_once(f"hardware table: {device_kind!r} matches {[m.name for m in matches]}; treating as unknown")
+        warn_once(f"hardware table: {device_kind!r} matches {[m.name for m in matches]}; treating as unknown")
         return None
     return matches[0] if matches else None
 
 
 def compute_dtype_of(precision: str) -> str:
     """The dtype the matmuls compute in under a `model.precision` policy."""
-    if precision not in _PRECISION_DTYPES:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(_PRECISION_DTYPES)}")
-    return _PRECISION_DTYPES[precision]
+    if precision not in PRECISION_COMPUTE_DTYPES:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISION_COMPUTE_DTYPES)}")
+    return PRECISION_COMPUTE_DTYPES[precision]
 
 
 # ----------------------------------------------------------------------------- fp32 on accelerators
@@ -267,74 +257,84 @@ def _busy_seconds() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
 
 
-def _measure_with_others_share(compute_dtype: str) -> tuple[float, float]:
-    """(peak, share of the machine's CPU time other processes took meanwhile): a busy machine
-    lowers the measurement, and a low peak inflates MFU."""
+def _with_others_share(measure) -> tuple[dict, float]:
+    """(what `measure()` returned, share of the machine's CPU time other processes took meanwhile): a
+    busy machine lowers a measured peak, and a low peak inflates MFU or the bandwidth-bound fraction."""
     before, start = _busy_seconds(), time.perf_counter()
-    flops = measure_cpu_peak(compute_dtype)
+    fields = measure()
     after, wall = _busy_seconds(), time.perf_counter() - start
     if before is None or after is None:
-        return flops, 0.0
+        return fields, 0.0
     others = (after[0] - before[0]) - (after[1] - before[1])
-    return flops, max(0.0, others / (wall * (os.cpu_count() or 1)))
+    return fields, max(0.0, others / (wall * (os.cpu_count() or 1)))
 
 
 _session_peaks: dict[str, dict] = {}  # measurements this process made but did not cache
 
 
-def cpu_peak(compute_dtype: str, cache_path: str | os.PathLike | None = None, recalibrate: bool = False) -> Peak:
-    """The host's measured matmul peak, calibrated once per (CPU, cores, jax, dtype) and cached.
-
-    A calibration during which other processes took more than 20% of the machine's CPU is used
-    for this process but not cached (it is low, and a low peak inflates MFU), and says so.
-    """
-    path = pathlib.Path(cache_path) if cache_path else default_cache_path()
-    ident = _cpu_identity()
-    key = f"{ident['cpu']} | {ident['cores']} cores | jax {ident['jax']} | {compute_dtype}"
+def _read_entries(path: pathlib.Path) -> dict:
     try:
         cache = json.loads(path.read_text())
-        entries = cache["entries"] if isinstance(cache, dict) and isinstance(cache.get("entries"), dict) else {}
     except (OSError, ValueError):
-        entries = {}
-    entry, where = None, ""
+        return {}
+    return cache["entries"] if isinstance(cache, dict) and isinstance(cache.get("entries"), dict) else {}
+
+
+def _calibrated(what: str, key: str, measure, path: pathlib.Path, recalibrate: bool) -> tuple[dict, str]:
+    """(entry, where it came from) for a host measurement cached per `key` in `path`.
+
+    A measurement during which other processes took more than 20% of the machine's CPU is used for this
+    process but not cached (it is low), and says so. `measure()` returns the fields to record; its
+    exceptions reach the caller.
+    """
+    entries = _read_entries(path)
     if recalibrate:
         _session_peaks.pop(key, None)
     elif key in _session_peaks:  # this process measured on a busy machine: reuse, never re-measure per call
         entry = _session_peaks[key]
-        where = f"others used {entry['others_cpu_share']:.0%} of the CPU meanwhile, not cached"
+        return entry, f"others used {entry['others_cpu_share']:.0%} of the CPU meanwhile, not cached"
     elif key in entries:
-        entry, where = entries[key], f"cached in {path}"
-    if entry is None:
-        try:
-            flops, others = _measure_with_others_share(compute_dtype)
-        except Exception as err:  # a dtype XLA's CPU backend cannot multiply: no honest number
-            _warn_once(f"CPU peak: calibration in {compute_dtype} failed ({type(err).__name__}: {err}); MFU is null")
-            return Peak(None, f"CPU calibration in {compute_dtype} failed")
-        entry = {**ident, "dtype": compute_dtype, "flops_per_second": flops, "others_cpu_share": round(others, 3),
-                 "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        if others > 0.2:
-            _session_peaks[key] = entry
-            _warn_once(f"CPU peak: other processes used {others:.0%} of the CPU during calibration; the peak may be"
-                       " low and MFU high; not cached (rerun `python -m train.hardware --recalibrate` when idle)")
-            where = f"others used {others:.0%} of the CPU meanwhile, not cached"
-        else:
-            entries[key] = entry
-            _write_json_atomic(path, {"version": 1, "entries": entries})
-            where = f"cached in {path}"
+        return entries[key], f"cached in {path}"
+    fields, others = _with_others_share(measure)
+    entry = {**_cpu_identity(), **fields, "others_cpu_share": round(others, 3),
+             "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if others > 0.2:
+        _session_peaks[key] = entry
+        warn_once(f"{what}: other processes used {others:.0%} of the CPU during calibration; the figure may be"
+                   " low; not cached (rerun `python -m train.hardware --recalibrate` when idle)")
+        return entry, f"others used {others:.0%} of the CPU meanwhile, not cached"
+    entries[key] = entry
+    _write_json_atomic(path, {"version": 1, "entries": entries}, what)
+    return entry, f"cached in {path}"
+
+
+def _identity_key() -> str:
+    ident = _cpu_identity()
+    return f"{ident['cpu']} | {ident['cores']} cores | jax {ident['jax']}"
+
+
+def cpu_peak(compute_dtype: str, cache_path: str | os.PathLike | None = None, recalibrate: bool = False) -> Peak:
+    """The host's measured matmul peak, calibrated once per (CPU, cores, jax, dtype) and cached."""
+    path = pathlib.Path(cache_path) if cache_path else default_cache_path()
+    key = f"{_identity_key()} | {compute_dtype}"
+    try:
+        entry, where = _calibrated(
+            "CPU peak", key, lambda: {"dtype": compute_dtype, "flops_per_second": measure_cpu_peak(compute_dtype)},
+            path, recalibrate)
+    except Exception as err:  # a dtype XLA's CPU backend cannot multiply: no honest number
+        warn_once(f"CPU peak: calibration in {compute_dtype} failed ({type(err).__name__}: {err}); MFU is null")
+        return Peak(None, f"CPU calibration in {compute_dtype} failed")
     return Peak(float(entry["flops_per_second"]),
                 f"measured: XLA CPU matmul calibration ({compute_dtype} inputs, best of n=1024..2048) on {key}"
                 f" at {entry['measured_at']}, {where}")
 
 
-def _write_json_atomic(path: pathlib.Path, data: dict) -> None:
+def _write_json_atomic(path: pathlib.Path, data: dict, what: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except OSError as err:  # a read-only cache only costs a re-calibration next time
-        _warn_once(f"CPU peak: could not write cache {path} ({err})")
+        atomic_write(path, json.dumps(data, indent=2))
+    except (OSError, WriteError) as err:  # a read-only cache only costs a re-calibration next time
+        warn_once(f"{what}: could not write cache {path} ({err})")
 
 
 # ----------------------------------------------------------------------------- public API
@@ -369,7 +369,7 @@ def device_peak(device, compute_dtype: str, hardware_config=None, *, matmul_prec
         return Peak(peak.flops_per_second / n_devices, f"{peak.source}; host peak / {n_devices} CPU devices")
     row = match_accelerator(device.device_kind)
     if row is None:
-        _warn_once(f"hardware: unknown device {device.device_kind!r}; MFU is null"
+        warn_once(f"hardware: unknown device {device.device_kind!r}; MFU is null"
                    " (set hardware.peak_flops_per_second to supply a peak)")
         return Peak(None, f"unknown device {device.device_kind!r}")
     precision = _jax_matmul_precision() if matmul_precision is _FROM_JAX else matmul_precision
@@ -377,7 +377,7 @@ def device_peak(device, compute_dtype: str, hardware_config=None, *, matmul_prec
     value = getattr(row, dtype) if dtype else None
     if value is None:
         what = f"{dtype} peak" if dtype else f"peak for fp32 at {note}"
-        _warn_once(f"hardware: {row.name} has no published {what}; MFU is null")
+        warn_once(f"hardware: {row.name} has no published {what}; MFU is null")
         return Peak(None, f"table: {row.name} has no published {what}")
     detail = f"{dtype} dense" + (f"; {note}" if note else "")
     return Peak(value / passes, f"table: {row.name} {detail} — {row.source}")
@@ -391,10 +391,145 @@ def mfu(model_flops_per_second: float | None, n_devices: int, peak: Peak) -> flo
         raise ValueError(f"n_devices must be > 0, got {n_devices}")
     value = model_flops_per_second / (n_devices * peak.flops_per_second)
     if value > 1:  # kept (it is data) but flagged: the peak is too low, e.g. a CPU calibrated under load
-        _warn_once(f"MFU {value:.0%} exceeds 100%: the peak ({peak.source}) is too low"
+        warn_once(f"MFU {value:.0%} exceeds 100%: the peak ({peak.source}) is too low"
                    " (a CPU: rerun `python -m train.hardware --recalibrate` on an idle machine)",
                    key=f"mfu>1 {peak.source}")
     return value
+
+
+# ----------------------------------------------------------------------------- memory bandwidth
+
+GIGA = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBandwidth:
+    """Peak memory bandwidth of one TABLE row (bytes/s per device); `pattern` (optional) narrows a row
+    whose memory differs between variants, e.g. the 40 GB and 80 GB A100."""
+
+    accelerator: str  # an Accelerator.name
+    pattern: str | None
+    bytes_per_second: float
+    source: str
+
+
+# Vendor peaks (decimal GB/s, i.e. 1e9 bytes/s) of the on-package memory: what a decode step's weights
+# and KV cache are read from. A peak, not a sustained figure: 80-90 % of it is what streaming kernels reach.
+BANDWIDTH_TABLE: tuple[MemoryBandwidth, ...] = (
+    MemoryBandwidth("TPU v4", None, 1200 * GIGA, "Cloud TPU docs, TPU v4 (cloud.google.com/tpu/docs/v4): 32 GiB HBM2,"
+                    " 1200 GBps per chip"),
+    MemoryBandwidth("TPU v5e", None, 819 * GIGA, "Cloud TPU docs, TPU v5e (cloud.google.com/tpu/docs/v5e): 16 GB HBM2,"
+                    " 819 GBps per chip"),
+    MemoryBandwidth("TPU v5p", None, 2765 * GIGA, "Cloud TPU docs, TPU v5p (cloud.google.com/tpu/docs/v5p): 95 GB"
+                    " HBM2e, 2765 GBps per chip"),
+    MemoryBandwidth("TPU v6e", None, 1638 * GIGA, "Cloud TPU docs, TPU v6e (cloud.google.com/tpu/docs/v6e): 32 GB HBM,"
+                    " 1638 GBps per chip"),
+    MemoryBandwidth("NVIDIA A100 SXM", r"\b40gb\b", 1555 * GIGA, "NVIDIA A100 datasheet"
+                    " (nvidia.com/en-us/data-center/a100): A100 40GB SXM, HBM2 1,555 GB/s"),
+    MemoryBandwidth("NVIDIA A100 SXM", r"\b80gb\b", 2039 * GIGA, "NVIDIA A100 datasheet"
+                    " (nvidia.com/en-us/data-center/a100): A100 80GB SXM, HBM2e 2,039 GB/s"),
+    MemoryBandwidth("NVIDIA A100 PCIe 40GB", None, 1555 * GIGA, "NVIDIA A100 datasheet"
+                    " (nvidia.com/en-us/data-center/a100): A100 40GB PCIe, HBM2 1,555 GB/s"),
+    MemoryBandwidth("NVIDIA A100 PCIe 80GB", None, 1935 * GIGA, "NVIDIA A100 datasheet"
+                    " (nvidia.com/en-us/data-center/a100): A100 80GB PCIe, HBM2e 1,935 GB/s"),
+    MemoryBandwidth("NVIDIA H100 SXM", None, 3350 * GIGA, "NVIDIA H100 datasheet"
+                    " (nvidia.com/en-us/data-center/h100), SXM column: 80 GB HBM3, 3.35 TB/s"),
+    MemoryBandwidth("NVIDIA H100 PCIe", None, 2000 * GIGA, "NVIDIA H100 PCIe product brief PB-11133-001: 80 GB"
+                    " HBM2e, 2,000 GB/s ('greater than 2,000 GBps'; the figure counted here)"),
+    MemoryBandwidth("NVIDIA H100 NVL", None, 3900 * GIGA, "NVIDIA H100 datasheet"
+                    " (nvidia.com/en-us/data-center/h100), NVL column: 94 GB HBM3, 3.9 TB/s"),
+    MemoryBandwidth("NVIDIA H200 SXM", None, 4800 * GIGA, "NVIDIA H200 datasheet"
+                    " (nvidia.com/en-us/data-center/h200), SXM column: 141 GB HBM3e, 4.8 TB/s"),
+    MemoryBandwidth("NVIDIA H200 NVL", None, 4800 * GIGA, "NVIDIA H200 datasheet"
+                    " (nvidia.com/en-us/data-center/h200), NVL column: 141 GB HBM3e, 4.8 TB/s"),
+    MemoryBandwidth("NVIDIA B200", None, 8000 * GIGA, "NVIDIA HGX B200 specifications"
+                    " (nvidia.com/en-us/data-center/hgx), per GPU: HBM3e, 8 TB/s"),
+    MemoryBandwidth("NVIDIA L4", None, 300 * GIGA, "NVIDIA L4 datasheet (nvidia.com/en-us/data-center/l4): 24 GB"
+                    " GDDR6, 300 GB/s"),
+    MemoryBandwidth("NVIDIA A10", None, 600 * GIGA, "NVIDIA A10 datasheet"
+                    " (nvidia.com/en-us/data-center/products/a10-gpu): 24 GB GDDR6, 600 GB/s"),
+    MemoryBandwidth("NVIDIA V100 SXM2", None, 900 * GIGA, "NVIDIA V100 datasheet (volta-v100-datasheet-update-us-"
+                    "1165301-r5.pdf): 16/32 GB HBM2, 900 GB/s"),
+    MemoryBandwidth("NVIDIA V100 PCIe", None, 900 * GIGA, "NVIDIA V100 datasheet (volta-v100-datasheet-update-us-"
+                    "1165301-r5.pdf): 16/32 GB HBM2, 900 GB/s"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bandwidth:
+    """Memory bandwidth of one device (bytes/s) and where the number came from; None = unknown."""
+
+    bytes_per_second: float | None
+    source: str
+
+
+def table_bandwidth(device_kind: str) -> Bandwidth:
+    """The table's bandwidth for an accelerator's device kind; None (one warning) when unknown or ambiguous."""
+    row = match_accelerator(device_kind)
+    kind = normalise_kind(device_kind)
+    rows = [] if row is None else [b for b in BANDWIDTH_TABLE
+                                   if b.accelerator == row.name and (b.pattern is None or re.search(b.pattern, kind))]
+    if len(rows) != 1:
+        what = "unknown device" if row is None else f"{row.name} without one memory variant in its name"
+        warn_once(f"hardware: no memory bandwidth for {device_kind!r} ({what}); the bandwidth bound is null")
+        return Bandwidth(None, f"{what} {device_kind!r}")
+    return Bandwidth(rows[0].bytes_per_second, f"table: {rows[0].accelerator} — {rows[0].source}")
+
+
+def default_bandwidth_cache_path() -> pathlib.Path:
+    return default_cache_path().with_name("cpu_bandwidth.json")
+
+
+def measure_cpu_bandwidth(n_bytes: int = 256 << 20, repeats: int = 5) -> dict:
+    """Best-of bytes/s XLA reaches reading a float32 array far larger than the caches, by two kernels
+    that only read: a sum, and a matrix-vector product (a decode step is mostly the latter). The best
+    counts, as for the FLOP peak; both are recorded. The array is filled on the device (no host copy),
+    so the calibration adds only `n_bytes` to the process's peak memory."""
+    import jax
+    import jax.numpy as jnp
+
+    cpu = jax.devices("cpu")[0]
+    side = int((n_bytes // 4) ** 0.5)
+    with jax.default_device(cpu):
+        matrix, vector = jnp.full((side, side), 0.5, jnp.float32), jnp.ones((side,), jnp.float32)
+    kernels = {"sum": (jax.jit(jnp.sum), (matrix,)), "gemv": (jax.jit(jnp.dot), (matrix, vector))}
+    best = {}
+    for name, (kernel, args) in kernels.items():
+        kernel(*args).block_until_ready()  # compile + warm up
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            kernel(*args).block_until_ready()
+            seconds.append(time.perf_counter() - start)
+        best[f"{name}_bytes_per_second"] = matrix.nbytes / min(seconds)
+    return {"bytes_per_second": max(best.values()), **best, "array_bytes": matrix.nbytes}
+
+
+def cpu_bandwidth(cache_path: str | os.PathLike | None = None, recalibrate: bool = False) -> Bandwidth:
+    """The host's measured memory bandwidth, calibrated once per (CPU, cores, jax) and cached beside the
+    FLOP peak (`python -m train.hardware --recalibrate` re-measures both)."""
+    path = pathlib.Path(cache_path) if cache_path else default_bandwidth_cache_path()
+    key = f"{_identity_key()} | memory bandwidth"
+    try:
+        entry, where = _calibrated("CPU bandwidth", key, measure_cpu_bandwidth, path, recalibrate)
+    except Exception as err:  # e.g. no memory for the calibration array: no honest number
+        warn_once(f"CPU bandwidth: calibration failed ({type(err).__name__}: {err}); the bandwidth bound is null")
+        return Bandwidth(None, "CPU bandwidth calibration failed")
+    return Bandwidth(float(entry["bytes_per_second"]),
+                     f"measured: XLA CPU read calibration (best of sum and matrix-vector over a "
+                     f"{entry['array_bytes'] / 2**20:.0f} MiB float32 array) on {key} at {entry['measured_at']}, {where}")
+
+
+def device_bandwidth(device, *, cache_path=None) -> Bandwidth:
+    """Memory bandwidth of one device: the table for accelerators, the measured calibration on CPU (the
+    host's figure split across the process's CPU devices, which share it)."""
+    if device.platform != "cpu":
+        return table_bandwidth(device.device_kind)
+    bandwidth = cpu_bandwidth(cache_path)
+    n_devices = _local_cpu_device_count()
+    if n_devices == 1:
+        return bandwidth
+    return Bandwidth(bandwidth.bytes_per_second / n_devices, f"{bandwidth.source}; host bandwidth / {n_devices} CPU devices")
 
 
 def cpu_cores() -> int:
@@ -428,7 +563,7 @@ def describe_devices(devices, compute_dtype: str, hardware_config=None, *, cache
     if len(kinds) > 1:  # mixed devices have no single peak or power
         peak = Peak(None, f"mixed device kinds {kinds}")
         watts, watts_source = None, peak.source
-        _warn_once(f"hardware: mixed device kinds {kinds}; MFU is null")
+        warn_once(f"hardware: mixed device kinds {kinds}; MFU is null")
     else:
         peak = device_peak(first, compute_dtype, hardware_config, cache_path=cache_path)
         watts, watts_source = tdp_watts(first, hardware_config)
@@ -448,19 +583,24 @@ def describe_devices(devices, compute_dtype: str, hardware_config=None, *, cache
 
 
 def main(argv=None) -> None:
-    """`python -m train.hardware [--recalibrate]`: this machine's devices, peaks and power."""
+    """`python -m train.hardware [--recalibrate]`: this machine's devices, peaks, power and memory bandwidth."""
     import argparse
 
     import jax
 
     parser = argparse.ArgumentParser(prog="python -m train.hardware", description=main.__doc__)
-    parser.add_argument("--recalibrate", action="store_true", help="re-measure the CPU peak and update the cache")
+    parser.add_argument("--recalibrate", action="store_true", help="re-measure the CPU peak and bandwidth and update the caches")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    on_cpu = jax.devices()[0].platform == "cpu"
     for dtype in ("fp32", "bf16"):
-        if args.recalibrate and jax.devices()[0].platform == "cpu":
+        if args.recalibrate and on_cpu:
             cpu_peak(dtype, recalibrate=True)
         print(json.dumps(describe_devices(jax.devices(), dtype), indent=2))
+    if args.recalibrate and on_cpu:
+        cpu_bandwidth(recalibrate=True)
+    bandwidth = device_bandwidth(jax.devices()[0])
+    print(json.dumps({"memory_bytes_per_second": bandwidth.bytes_per_second, "memory_source": bandwidth.source},
+                     indent=2))
 
 
 if __name__ == "__main__":
@@ -469,15 +609,22 @@ if __name__ == "__main__":
 
 __all__ = [
     "Accelerator",
+    "BANDWIDTH_TABLE",
+    "Bandwidth",
+    "MemoryBandwidth",
     "DTYPES",
     "Peak",
     "TABLE",
     "compute_dtype_of",
+    "cpu_bandwidth",
     "cpu_peak",
     "describe_devices",
+    "device_bandwidth",
     "device_peak",
     "match_accelerator",
+    "measure_cpu_bandwidth",
     "measure_cpu_peak",
     "mfu",
+    "table_bandwidth",
     "tdp_watts",
 ]

@@ -12,11 +12,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from modeling.transformer import Transformer
 from train.config import Config
+from train.loop import build_training
 from train.loss import model_loss
 
 
@@ -31,37 +31,31 @@ def _time_calls(call, repeats: int) -> float:
 
 
 def compare_jit(config: Config, repeats: int = 50) -> dict:
-    """Median seconds per train step under each calling convention, for this config's shapes."""
+    """Median seconds per train step under each calling convention, for this config's shapes.
+
+    The split-state side is the trainer's own step (`loop.build_training`); the nnx.jit side does the
+    same update with the same optimizer on one micro-batch (the comparison is meant for
+    optimizer.grad_accum_steps = 1, the trainer's default)."""
     shape = (config.data.batch_size, config.data.seq_len)
     batch = {"inputs": jnp.zeros(shape, jnp.int32), "targets": jnp.zeros(shape, jnp.int32)}
-    tx = optax.adamw(1e-3)
+    setup = build_training(config, total_steps=repeats + 2)
+    sharded_batch = jax.device_put(batch, setup.data_sharding)
 
-    model = Transformer(config.model, nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model = Transformer(config.model, nnx.Rngs(config.run.seed))
+    optimizer = nnx.Optimizer(model, setup.optimizer, wrt=nnx.Param)
 
     @nnx.jit
     def nnx_step(model, optimizer, batch):
-        (_, loss), grads = nnx.value_and_grad(model_loss, has_aux=True)(model, batch)
+        (_, loss), grads = nnx.value_and_grad(model_loss, has_aux=True)(model, batch, config.optimizer.z_loss)
         optimizer.update(model, grads)
         return loss
 
-    graphdef, params = nnx.split(Transformer(config.model, nnx.Rngs(0)))
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def split_step(params, opt_state, batch):
-        def loss_of(params):
-            return model_loss(nnx.merge(graphdef, params), batch)
-
-        (_, loss), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    state = {"params": params, "opt_state": opt_state}
+    state = {"params": setup.params, "opt_state": setup.opt_state}
 
     def run_split():
-        state["params"], state["opt_state"], loss = split_step(state["params"], state["opt_state"], batch)
-        return loss
+        state["params"], state["opt_state"], metrics = setup.train_step(state["params"], state["opt_state"],
+                                                                         sharded_batch)
+        return metrics["loss"]
 
     nnx_seconds = _time_calls(lambda: nnx_step(model, optimizer, batch), repeats)
     split_seconds = _time_calls(run_split, repeats)

@@ -1,8 +1,14 @@
-"""Per-step metrics to metrics.jsonl and TensorBoard, progress on the terminal, and summary.json.
+"""Per-step metrics to metrics.jsonl and TensorBoard, and progress on the terminal.
 
 metrics.jsonl is the record analysis reads: one JSON object per logged step, flushed and fsynced
-per line, so a killed run loses at most the line being written. A resumed run first drops the
-lines after its checkpoint's step; its file then equals an uninterrupted run's.
+per line (common.files.append_line), so a killed run loses at most the line being written. A resumed
+run first drops the lines after its checkpoint's step; its file then equals an uninterrupted run's.
+
+The TensorBoard events are derived from metrics.jsonl, never the other way round: they are written
+synchronously (no writer thread whose queue a kill could lose, or whose disk-full error would vanish),
+and every session rebuilds them — it writes the kept lines into a fresh event file and then deletes
+the older files — so a resumed run's curves equal an uninterrupted run's even if a kill lost events.
+Any OS error while writing either becomes a one-line `common.files.WriteError`.
 
 TensorBoard tags (tensorboardX event files in the run directory):
     train_loss -> train/loss              eval_loss -> eval/loss
@@ -18,17 +24,18 @@ Strings (e.g. energy_source) and nulls go to metrics.jsonl only.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
-import numbers
 import os
 import pathlib
 import resource
+import socket
 import sys
-import tempfile
 import time
 
+from common.files import WriteError, append_line, atomic_write, fsync_dir
 from common.formatting import format_count, format_duration
+from common.run_contract import EVENTS_GLOB, METRICS_FILE, metrics_line, metrics_record
 
 TAGS = {
     "train_loss": "train/loss",
@@ -44,8 +51,6 @@ TAGS = {
     "tokens": "progress/tokens",
     "wall_seconds": "progress/wall_seconds",
 }
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 
 
 def tag_of(key: str) -> str:
@@ -57,26 +62,6 @@ def tag_of(key: str) -> str:
     if key.startswith("flops_"):
         return f"progress/{key}"
     return f"misc/{key}"
-
-
-def to_json_value(value):
-    """Plain JSON data from numpy/jax scalars; NaN/inf become null so the file stays strict JSON."""
-    if value is None or isinstance(value, (str, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_value(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "size", 1) == 1:  # numpy / jax scalar or 1-element array
-        value = value.item()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    raise TypeError(f"cannot write {type(value).__name__} value {value!r} as JSON")
 
 
 # ----------------------------------------------------------------------------- progress text
@@ -99,19 +84,70 @@ def status_text(metrics: dict, last_eval_loss: float | None) -> str:
 # ----------------------------------------------------------------------------- the log
 
 
-def _truncate_jsonl(path: pathlib.Path, keep_through_step: int) -> None:
-    """Keep lines with step <= keep_through_step (a torn last line from a kill is dropped)."""
-    if not path.exists():
-        return
+def _kept_lines(path: pathlib.Path, keep_through_step: int) -> list[str]:
+    """Lines with step <= keep_through_step (a torn last line from a kill is dropped)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
     kept = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= keep_through_step:
             kept.append(line)
-    _write_atomic(path, "".join(f"{line}\n" for line in kept))
+    return kept
+
+
+def _scalars(record: dict):
+    """(tag, value) of every number of a metrics record; strings and nulls stay in metrics.jsonl."""
+    for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield tag_of(key), value
+
+
+class EventFile:
+    """One TensorBoard event file written synchronously: each `write` is on disk (fsynced) when it
+    returns, and a failure is a WriteError naming the file."""
+
+    def __init__(self, run_dir: pathlib.Path):
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.record_writer import RecordWriter
+
+        self._event = Event
+        # Names sort by creation time (TensorBoard reads files in name order); the pid keeps them unique.
+        self.path = run_dir / (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+                               f"{time.time_ns()}.{os.getpid()}")
+        with self._errors():
+            self._writer = RecordWriter(str(self.path))
+        self._write([Event(wall_time=time.time(), file_version="brain.Event:2")])
+
+    @contextlib.contextmanager
+    def _errors(self):
+        try:
+            yield
+        except OSError as err:
+            raise WriteError(self.path, err) from None
+
+    def _write(self, events) -> None:
+        with self._errors():
+            for event in events:
+                self._writer.write(event.SerializeToString())
+            self._writer.flush()
+
+    def write(self, *records: dict) -> None:
+        """The numbers of metrics records, each at its step (one fsync for all of them)."""
+        from tensorboardX.summary import scalar
+
+        now = time.time()
+        self._write([self._event(wall_time=now, step=record["step"], summary=scalar(tag, value))
+                     for record in records for tag, value in _scalars(record)])
+
+    def close(self) -> None:
+        with self._errors():
+            self._writer.close()
 
 
 class MetricLog:
@@ -119,23 +155,21 @@ class MetricLog:
     start, which discards any earlier metrics); lines and TensorBoard events after it are dropped."""
 
     def __init__(self, run_dir, total_steps: int, resume_step: int = 0, *, stream=None, progress_bar=None):
-        from tensorboardX import SummaryWriter
-
         self.run_dir = pathlib.Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = total_steps
         self.path = self.run_dir / METRICS_FILE
-        _truncate_jsonl(self.path, resume_step if resume_step > 0 else -1)
-        self._file = open(self.path, "a")
-        had_events = any(self.run_dir.glob("events.out.tfevents.*"))
-        # purge_step hides earlier files' events at steps >= it; unique suffix: tensorboardX names
-        # files by the second and would overwrite a file created in the same second.
-        self._writer = SummaryWriter(
-            logdir=str(self.run_dir),
-            purge_step=(resume_step + 1 if resume_step > 0 else 0) if had_events else None,
-            filename_suffix=f".{os.getpid()}.{time.time_ns()}",
-            flush_secs=30,
-        )
+        kept = _kept_lines(self.path, resume_step if resume_step > 0 else -1)
+        if kept or self.path.exists():
+            atomic_write(self.path, "".join(f"{line}\n" for line in kept))
+        try:
+            self._file = open(self.path, "a")
+        except OSError as err:
+            raise WriteError(self.path, err) from None
+        records = [json.loads(line) for line in kept]
+        self._events = self._rebuild_events(records)
+        # The latest value of every field logged before the resumed step (a run resumed at its end has
+        # nothing left to log, and its summary still needs its final losses).
+        self.resumed_metrics = {k: v for record in records for k, v in record.items() if k != "step"}
         self._stream = stream if stream is not None else sys.stderr
         use_bar = progress_bar if progress_bar is not None else _isatty(self._stream)
         self._bar = None
@@ -145,18 +179,29 @@ class MetricLog:
             self._bar = tqdm(total=total_steps, initial=resume_step, file=self._stream, unit="step",
                              dynamic_ncols=True)
         self._first = None  # (step, time) of this session's first log: ETA excludes resumed steps
-        self._last_eval_loss = None
+        self._last_eval_loss = next((r["eval_loss"] for r in reversed(records) if r.get("eval_loss") is not None),
+                                    None)
+
+    def _rebuild_events(self, records: list[dict]) -> EventFile:
+        """A new event file holding `records`, then the older files deleted (see the module docstring)."""
+        older = sorted(self.run_dir.glob(EVENTS_GLOB))
+        events = EventFile(self.run_dir)
+        events.write(*records)
+        for path in older:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise WriteError(path, err) from None
+        fsync_dir(self.run_dir)
+        return events
 
     def log(self, step: int, metrics: dict) -> None:
         """Append one line, write the numeric values to TensorBoard, update the progress display."""
-        record = {"step": int(step), **{k: to_json_value(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._writer.add_scalar(tag_of(key), value, global_step=record["step"])
-        self._writer.flush()
+        record = metrics_record(step, metrics)
+        append_line(self._file, metrics_line(record), self.path)
+        self._events.write(record)
         if record.get("eval_loss") is not None:
             self._last_eval_loss = record["eval_loss"]
         self._show(record)
@@ -188,9 +233,12 @@ class MetricLog:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        self._writer.close()
+        self._events.close()
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as err:
+                raise WriteError(self.path, err) from None
 
     def __enter__(self):
         return self
@@ -209,34 +257,6 @@ def _isatty(stream) -> bool:
 # ----------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    """Temp file in the same directory, fsync, os.replace, fsync the directory: readers see the old
-    file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_summary(run_dir, summary: dict) -> pathlib.Path:
-    """Atomically (re)write run_dir/summary.json; NaN/inf become null."""
-    path = pathlib.Path(run_dir) / SUMMARY_FILE
-    _write_atomic(path, json.dumps(to_json_value(summary), indent=2, allow_nan=False) + "\n")
-    return path
-
-
 def peak_memory_bytes(device) -> tuple[int | None, str]:
     """(bytes, source): the device allocator's peak where it reports one (GPU/TPU), else this
     process's peak resident set size (CPU runs: host memory of everything in the process)."""
@@ -252,11 +272,10 @@ def peak_memory_bytes(device) -> tuple[int | None, str]:
 
 
 __all__ = [
+    "EventFile",
     "MetricLog",
     "TAGS",
     "peak_memory_bytes",
     "status_text",
     "tag_of",
-    "to_json_value",
-    "write_summary",
 ]

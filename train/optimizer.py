@@ -1,8 +1,14 @@
 """AdamW with a learning-rate schedule whose length comes from the budget (optax throughout).
 
 Schedules, as a function of the optimizer step s = 0 … total_steps (the update at step s uses lr(s)):
-- warmup (all schedules): lr(s) = peak · (s + 1) / (W + 1) for s ≤ W, W = round(warmup_fraction ·
-  total_steps), so the first update is not wasted at lr 0 and lr(W) = peak;
+- warmup (all schedules): lr(s) = peak · (s + 1) / (W + 1) for s ≤ W, so the first update is not wasted
+  at lr 0 and lr(W) = peak. W follows `optimizer.warmup_rule` (`warmup_steps`): `fraction` (default),
+  W = round(warmup_fraction · total_steps); `steps`, W = warmup_steps; `tokens`, W = ceil(warmup_tokens /
+  tokens per step); `params`, warmup tokens = warmup_params_ratio · N (N under budget.params): Porian et al.
+  2024 ("Resolving Discrepancies in Compute-Optimal Scaling of Language Models", §3) find a fixed long
+  warmup hurts small models and scale it with the model, one N of tokens. Only the last three give a
+  warmup that does not depend on the run's length, which WSD branches need (a branch shares its stable
+  run's warmup). W is capped at total_steps − 1;
 - `cosine`:   cosine from the peak at W to min_lr_ratio · peak at total_steps;
 - `wsd`:      warmup–stable–decay (Hu et al. 2024; Hägele et al. 2024): the peak until
               total_steps − D, then a *linear* decay to min_lr_ratio · peak at total_steps, D =
@@ -26,10 +32,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train.config import ConfigError, OptimizerConfig
+from train.config import Config, ConfigError, OptimizerConfig
+from train.lengths import decay_steps, warmup_steps
 
 
-def _warmup_steps(opt: OptimizerConfig, total_steps: int) -> int:
+def _fraction_warmup(opt: OptimizerConfig, total_steps: int) -> int:
+    if opt.warmup_rule != "fraction":
+        raise ValueError(f"warmup_rule={opt.warmup_rule!r} needs the config: pass warmup=warmup_steps(config, ...)")
     return min(round(opt.warmup_fraction * total_steps), total_steps - 1)
 
 
@@ -37,12 +46,13 @@ def _decay(peak: float, floor: float, steps: int) -> optax.Schedule:
     return optax.linear_schedule(init_value=peak, end_value=floor, transition_steps=steps)
 
 
-def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    """lr(step) for `opt.schedule` over `total_steps` optimizer steps (see module docstring)."""
+def learning_rate_schedule(opt: OptimizerConfig, total_steps: int, warmup: int | None = None) -> optax.Schedule:
+    """lr(step) for `opt.schedule` over `total_steps` optimizer steps (see module docstring); `warmup` is
+    W from `warmup_steps` (required unless the rule is `fraction`)."""
     if total_steps < 1:
         raise ConfigError([f"optimizer: total_steps {total_steps} must be >= 1 (the budget buys no step)"])
     peak, floor = opt.learning_rate, opt.min_lr_ratio * opt.learning_rate
-    warmup = _warmup_steps(opt, total_steps)
+    warmup = _fraction_warmup(opt, total_steps) if warmup is None else warmup
     start = peak / (warmup + 1)
     if opt.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(start, peak, warmup, total_steps, end_value=floor)
@@ -50,11 +60,14 @@ def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Sche
     if opt.schedule == "constant":
         return optax.join_schedules([ramp, optax.constant_schedule(peak)], [warmup])
     if opt.schedule == "wsd":
-        decay = max(round(opt.decay_fraction * total_steps), 1 if opt.decay_fraction > 0 else 0)
+        decay = decay_steps(opt, total_steps)
         if warmup + decay > total_steps:
             raise ConfigError([
                 f"optimizer.decay_fraction: {opt.decay_fraction} plus optimizer.warmup_fraction"
                 f" {opt.warmup_fraction} exceed the whole run for schedule=wsd (their sum must be <= 1)"
+                if opt.warmup_rule == "fraction" else
+                f"optimizer.decay_fraction: {decay} decay steps plus {warmup} warmup steps "
+                f"(optimizer.warmup_rule={opt.warmup_rule}) exceed the run's {total_steps} steps for schedule=wsd"
             ])
         decay_start = total_steps - decay
         return optax.join_schedules(
@@ -97,11 +110,16 @@ def float32_state(inner: optax.GradientTransformation) -> optax.GradientTransfor
     return optax.GradientTransformation(init, update)
 
 
-def build_optimizer(opt: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+def schedule_for(config: Config, total_steps: int) -> optax.Schedule:
+    """The learning-rate schedule of a run: its optimizer section with W from its warmup rule."""
+    return learning_rate_schedule(config.optimizer, total_steps, warmup_steps(config, total_steps)[0])
+
+
+def build_optimizer(opt: OptimizerConfig, total_steps: int, warmup: int | None = None) -> optax.GradientTransformation:
     """Global-norm clipping (if grad_clip > 0), then AdamW on the schedule, state in fp32."""
     mask = None if opt.decay_norms_biases_embeddings else weight_decay_mask
     adamw = optax.adamw(
-        learning_rate_schedule(opt, total_steps),
+        learning_rate_schedule(opt, total_steps, warmup),
         b1=opt.beta1,
         b2=opt.beta2,
         eps=opt.eps,

@@ -36,7 +36,6 @@ _OPTIMIZER = ("float32_state", "scale_by_adam", "clip_by_global_norm", "apply_up
 _ATTENTION_CORE = ("_forward", "_attention_fwd", "_attention_bwd", "blocked_causal_attention",
                    "_dot_product_attention_core", "dot_product_attention", "linear_attention_chunked")
 _NORMS = ("LayerNorm.__call__", "RMSNorm.__call__", "_compute_stats", "_normalize")
-_ATTENTION_MODULES = ("SoftmaxAttention.__call__", "LinearAttention.__call__")  # JAX hides its own frames
 _FFN = ("PlainFFN.__call__", "GatedFFN.__call__")
 _DENSE = ("Linear.__call__", "Dense.__call__", "f32_result_matmul", "_f32_result_matmul_fwd",
           "_f32_result_matmul_bwd")
@@ -96,14 +95,22 @@ def entry_ops(hlo_text: str) -> dict[str, dict]:
     return ops
 
 
+def _attention_modules() -> tuple[str, ...]:
+    """`__call__` of every registered attention module (JAX hides its own frames)."""
+    from modeling.attention import ATTENTION
+
+    return tuple(f"{cls.__name__}.__call__" for cls in set(ATTENTION.values()))
+
+
 def category(op: dict) -> str:
     """The part of the model an op belongs to (see the module docstring)."""
     functions = op["functions"]
+    attention_modules = _attention_modules()
     has = lambda names: any(f in names for f in functions)  # noqa: E731
     if op["matmul"]:
         if "Transformer.logits" in functions:
             return "matmul: output logits"
-        if has(_ATTENTION_CORE + _ATTENTION_MODULES) and not has(_DENSE):
+        if has(_ATTENTION_CORE + attention_modules) and not has(_DENSE):
             return "matmul: attention scores/values"
         if has(_FFN):
             return "matmul: feed-forward"
@@ -117,7 +124,7 @@ def category(op: dict) -> str:
             return "norms"
         if function in ("cross_entropy", "softmax_cross_entropy_with_integer_labels"):
             return "loss (log-softmax)"
-        if function in _ATTENTION_CORE or (function in _ATTENTION_MODULES and not has(_DENSE)):
+        if function in _ATTENTION_CORE or (function in attention_modules and not has(_DENSE)):
             return "attention softmax/mask/layout"
         if function == "Embed.__call__":
             return "embedding gather/scatter"
@@ -156,19 +163,11 @@ def profile_train(config: Config, out_dir: str | pathlib.Path, steps: int = 5) -
     import jax
 
     from train import data as data_lib
-    from train.loop import _init_state
-    from train.optimizer import build_optimizer
-    from train.sharding import batch_sharding, check_batch_divides, make_mesh
-    from train.step import make_train_step
+    from train.loop import build_training
 
-    mesh = make_mesh(config.run)
-    check_batch_divides(config.data.batch_size, mesh)
     dataset = data_lib.prepare(config)
-    optimizer = build_optimizer(config.optimizer, steps + 3)
-    graphdef, params, opt_state, (param_sh, opt_sh) = _init_state(config, mesh, optimizer)
-    data_sh = batch_sharding(mesh)
-    step_fn = make_train_step(graphdef, optimizer, z_loss=config.optimizer.z_loss,
-                              grad_accum_steps=config.optimizer.grad_accum_steps, shardings=(param_sh, opt_sh, data_sh))
+    setup = build_training(config, steps + 3)  # the trainer's own step and state
+    params, opt_state, step_fn, data_sh = setup.params, setup.opt_state, setup.train_step, setup.data_sharding
     iterator = dataset.train_iterator(config.run.seed)
     batches = [jax.device_put(next(iterator), data_sh) for _ in range(steps + 2)]
     compiled = step_fn.lower(params, opt_state, batches[0]).compile()

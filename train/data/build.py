@@ -37,9 +37,8 @@ def build_text(corpus: Corpus, tokenizer_kind: str, vocab_size: int, out: pathli
         raise DataError(f"{where}: empty corpus, 0 tokens (every document is empty)")
     for split, other in (("train", "eval"), ("eval", "train")):
         if counts[split] == 0:
-            unit = "records" if corpus.kind == "jsonl" else "files"
-            raise DataError(f"{where}: the {split} split is empty (all {unit} hashed to {other} with "
-                            f"data.eval_fraction={corpus.eval_fraction}); add {unit} or change data.eval_fraction")
+            raise DataError(f"{where}: the {split} split is empty ({_split_rule(corpus, other)}); "
+                            f"{_split_remedy(corpus)}")
     return {
         "source": corpus.kind,
         "root": str(corpus.root),
@@ -58,18 +57,41 @@ def build_text(corpus: Corpus, tokenizer_kind: str, vocab_size: int, out: pathli
     }
 
 
-def build_tokens(corpus: Corpus, dtype_name: str, vocab_size: int, out: pathlib.Path) -> dict:
-    """Check pre-tokenized files (sizes, ids < vocab_size); join several into tokens.bin, keep one in place."""
-    started = time.perf_counter()
+def _split_rule(corpus: Corpus, other: str) -> str:
+    """How documents reached the other split: by position for a single text file, else by hash."""
+    if corpus.split_by_position:
+        return (f"the file's last data.eval_fraction={corpus.eval_fraction} of bytes, cut at a line break, "
+                f"is the eval split, and that left nothing for {'train' if other == 'eval' else 'eval'}")
+    unit = "records" if corpus.kind == "jsonl" else "files"
+    return f"all {unit} hashed to {other} with data.eval_fraction={corpus.eval_fraction}"
+
+
+def _split_remedy(corpus: Corpus) -> str:
+    if corpus.split_by_position:
+        return "add lines to the file or change data.eval_fraction"
+    unit = "records" if corpus.kind == "jsonl" else "files"
+    return f"add {unit} or change data.eval_fraction"
+
+
+def check_token_files(corpus: Corpus, dtype_name: str) -> list[int]:
+    """Byte sizes of pre-tokenized files, each a whole number of tokens and not all empty (no data read)."""
     dtype = np.dtype(dtype_name)
-    sizes = [path.stat().st_size for path in corpus.files]
+    sizes = [size for _, size, _ in corpus.file_stats()]
     for path, size in zip(corpus.files, sizes):
         if size % dtype.itemsize:
             raise DataError(f"data.path: {path} has {size} bytes, not a whole number of "
                             f"{dtype.itemsize}-byte {dtype_name} tokens (data.token_dtype)")
-    total = sum(sizes) // dtype.itemsize
-    if total == 0:
+    if sum(sizes) == 0:
         raise DataError(f"data.path: empty corpus, {len(corpus.files)} token file(s) with 0 tokens")
+    return sizes
+
+
+def build_tokens(corpus: Corpus, dtype_name: str, vocab_size: int, out: pathlib.Path) -> dict:
+    """Check pre-tokenized files (sizes, ids < vocab_size); join several into tokens.bin, keep one in place."""
+    started = time.perf_counter()
+    dtype = np.dtype(dtype_name)
+    sizes = check_token_files(corpus, dtype_name)
+    total = sum(sizes) // dtype.itemsize
     if len(corpus.files) == 1:
         tokens_path = corpus.files[0]
     else:

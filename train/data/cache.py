@@ -4,7 +4,9 @@ A cache entry is `<cache root>/<source>-<tokenizer><vocab>-<key>/` holding the t
 `meta.json`. It is built in a hidden temporary sibling and renamed into place when complete, so a killed
 run never leaves a half-written entry that a later run trusts; leftovers of killed builds are removed by
 the next build. An exclusive `flock` per entry makes concurrent runs (a local grid) wait for one build
-instead of each tokenizing the corpus.
+instead of each tokenizing the corpus. An OS error while building (disk full, read-only) is a one-line
+`common.files.WriteError` and leaves nothing behind; a cache directory that cannot be created or locked
+is a setting problem (DataError).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pathlib
 import shutil
 from collections.abc import Callable
 
+from common.files import WriteError, atomic_write, fsync_dir
 from train.data.errors import DataError
 
 # Bump when the cached bytes or meta.json change meaning; it is part of every key.
@@ -49,14 +52,7 @@ def read_meta(entry: pathlib.Path) -> dict | None:
 
 def write_meta(entry: pathlib.Path, meta: dict) -> None:
     """meta.json is written last by a build; its presence marks a complete entry."""
-    _write_durable(entry / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
-
-
-def _write_durable(path: pathlib.Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    atomic_write(entry / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
 
 
 @contextlib.contextmanager
@@ -98,20 +94,25 @@ def get_or_build(
         if entry.exists():  # no meta.json: not one of ours, or tampered with; never trust it
             shutil.rmtree(entry)
         tmp = root / f".tmp-{name}-{os.getpid()}"
-        tmp.mkdir()
         try:
-            meta = build(tmp)
-            for path in tmp.iterdir():
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
-            write_meta(tmp, meta)
-            os.rename(tmp, entry)
-            dir_fd = os.open(root, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            tmp.mkdir()
+            meta = _build_into(tmp, entry, build)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteError(err.filename or tmp, err) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return entry, meta, True
+
+
+def _build_into(tmp: pathlib.Path, entry: pathlib.Path, build: Callable[[pathlib.Path], dict]) -> dict:
+    """Fill `tmp`, make every file durable, mark it complete (meta.json) and rename it to `entry`."""
+    meta = build(tmp)
+    for path in tmp.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    write_meta(tmp, meta)
+    os.rename(tmp, entry)
+    fsync_dir(entry.parent)
+    return meta

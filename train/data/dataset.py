@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import pathlib
 import time
 import warnings
@@ -22,7 +23,7 @@ import numpy as np
 
 from train.config import Config, ConfigError, validate
 from train.data import cache, loader
-from train.data.build import TOKENIZER_FILE, build_text, build_tokens
+from train.data.build import TOKENIZER_FILE, build_text, build_tokens, check_token_files
 from train.data.corpus import Corpus, find_corpus
 from train.data.errors import DataError
 from train.data.tokenizer import TextTokenizer, load_tokenizer
@@ -139,14 +140,28 @@ def _check_windows(split: str, tokens: np.ndarray, seq_len: int, hint: str) -> N
                         f"and the {split} split has {len(tokens)} ({hint})")
 
 
-def prepare(config: Config) -> Dataset:
-    """Find the corpus, build or reuse its cache entry, and open it; every data problem is one DataError."""
+def check(config: Config) -> Corpus:
+    """What `prepare` would reject, found without reading or writing data: the config, the corpus
+    (exists, holds files, each readable) and, for token files, their sizes against data.token_dtype."""
     problems = validate(config)
     if problems:
         raise ConfigError(problems)
+    corpus = find_corpus(config.data)
+    for path in corpus.files:
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{corpus.field}: cannot read {path} (permission denied)")
+    if corpus.kind == "tokens":
+        check_token_files(corpus, config.data.token_dtype)
+    else:
+        corpus.file_stats()
+    return corpus
+
+
+def prepare(config: Config) -> Dataset:
+    """Find the corpus, build or reuse its cache entry, and open it; every data problem is one DataError."""
     started = time.perf_counter()
     data = config.data
-    corpus = find_corpus(data)
+    corpus = check(config)
     root = cache.cache_root(data.cache_dir)
     name = _entry_name(corpus, config)
     if corpus.kind == "tokens":
