@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
-from analysis.errors import AnalysisError
+from analysis.errors import AnalysisError, DegenerateFit
 from analysis.robust import single_threaded_blas
 from analysis.sources import Dataset
 
@@ -19,6 +20,7 @@ class BootstrapResult:
     n_failed: int
     seed: int
     resampled: str  # what was drawn with replacement, for the notes
+    degenerate: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> resamples (in n_failed)
 
     @property
     def reliable(self) -> bool:
@@ -26,6 +28,7 @@ class BootstrapResult:
         return self.n_failed <= self.n_resamples / 2
 
     def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
+        """The percentile interval holding `level` (a fraction) of the draws; NaN when withheld."""
         values = self.samples.get(name)
         if not self.reliable or values is None or not np.isfinite(values).any():
             return (float("nan"), float("nan"))
@@ -33,13 +36,23 @@ class BootstrapResult:
         low, high = np.nanpercentile(values, [tail, 100 - tail])
         return (float(low), float(high))
 
-    def note(self) -> str:
-        text = f"95% intervals: percentile bootstrap, {self.n_resamples} resamples of {self.resampled}, seed {self.seed}"
+    def standard_error(self, name: str) -> float:
+        """The standard deviation of the draws (Epoch-style bootstrap standard error); NaN when withheld."""
+        values = self.samples.get(name)
+        if not self.reliable or values is None or np.sum(np.isfinite(values)) < 2:
+            return float("nan")
+        return float(np.nanstd(values, ddof=1))
+
+    def note(self, level: float = 0.95) -> str:
+        text = f"{100 * level:g}% intervals: percentile bootstrap, {self.n_resamples} resamples of {self.resampled}, seed {self.seed}"
         if not self.reliable:
             text += (f"; intervals withheld: only {self.n_resamples - self.n_failed} resamples could be fitted "
                      "(too few runs to resample; add runs per budget)")
-        elif self.n_failed:
-            text += f" ({self.n_failed} resamples could not be fitted and were left out)"
+        elif self.n_failed > sum(self.degenerate.values()):
+            text += f" ({self.n_failed - sum(self.degenerate.values())} resamples could not be fitted and were left out)"
+        if self.degenerate:
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.degenerate.items()))
+            text += f"; {sum(self.degenerate.values())} degenerate resamples counted and left out ({reasons})"
         return text
 
 
@@ -61,6 +74,8 @@ def bootstrap(
     """Run `estimator` on `n_resamples` resampled datasets; keep the numeric entries of what it returns."""
     if n_resamples < 0:
         raise AnalysisError(f"--bootstrap must be >= 0 (got {n_resamples})")
+    if seed < 0:  # numpy refuses negative seeds with a traceback
+        raise AnalysisError(f"--seed must be >= 0 (got {seed})")
     rng = np.random.default_rng(seed)
     strata = data.budget_groups() if within_budgets else None
     collected: dict[str, list[float]] = {}
@@ -71,19 +86,34 @@ def bootstrap(
 
         # disable=None: a bar on a terminal, silence when stderr is a file or a pipe.
         iterations = tqdm(iterations, desc=label, unit="fit", leave=False, disable=None)
-    with single_threaded_blas():
+    degenerate: dict[str, int] = {}
+    # A resample's overflow or poorly conditioned polyfit is that resample's problem: counted, never printed.
+    with single_threaded_blas(), np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         for _ in iterations:
             sample = data.take(resample_indices(rng, len(data), strata))
             try:
-                estimates = estimator(sample)
+                estimates = _numbers(estimator(sample))
+            except DegenerateFit as err:
+                degenerate[str(err)] = degenerate.get(str(err), 0) + 1
+                failed += 1
+                continue
             except (FloatingPointError, np.linalg.LinAlgError, ValueError):  # AnalysisError is a ValueError
                 failed += 1
                 continue
             for name, value in estimates.items():
-                if isinstance(value, (int, float, np.floating)):
-                    collected.setdefault(name, []).append(float(value))
+                collected.setdefault(name, []).append(value)
     return BootstrapResult(
         samples={name: np.array(values) for name, values in collected.items()},
         n_resamples=n_resamples, n_failed=failed, seed=seed,
-        resampled="runs within each iso-FLOP budget" if within_budgets else "runs (rows)",
+        resampled="runs within each iso-FLOP budget" if within_budgets else "runs (rows)", degenerate=degenerate,
     )
+
+
+def _numbers(estimates: dict) -> dict[str, float]:
+    """The numeric estimates of one resample; a non-finite one makes the whole resample degenerate."""
+    numbers = {name: float(value) for name, value in estimates.items()
+               if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)}
+    if not all(np.isfinite(value) for value in numbers.values()):
+        raise DegenerateFit("non-finite estimate")
+    return numbers

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.errors import AnalysisError
+from analysis.errors import AnalysisError, DegenerateFit
 from analysis.laws import ChinchillaLaw
-from analysis.robust import HUBER_DELTA, fit_huber, grid, log_sum_exp_terms
+from analysis.robust import OBJECTIVES, Objective, fit_log_model, grid, log_sum_exp_terms
 from analysis.sources import Dataset
 
 # Hoffmann et al. Appendix D.2: α, β ∈ {0, 0.5, ..., 2}, e ∈ {-1, -0.5, ..., 1}, a, b ∈ {0, 5, ..., 25}.
@@ -26,6 +26,23 @@ HOFFMANN_STARTS = grid(
     np.arange(0, 2.01, 0.5), np.arange(0, 2.01, 0.5),
 )
 MIN_POINTS_APPROACH3 = 6
+
+
+# ------------------------------------------------------------------------------------ distinct points
+
+
+def distinct_points(params: np.ndarray, tokens: np.ndarray) -> int:
+    """How many different (N, D) pairs there are. Repeats of one (N, D) (seeds, copied rows) say nothing
+    about the law's shape, so every minimum-points rule counts pairs, not rows: eight copies of one run
+    would otherwise "fit" with zero-width intervals."""
+    return len(np.unique(np.column_stack([params, tokens]), axis=0)) if len(params) else 0
+
+
+def require_points(params: np.ndarray, tokens: np.ndarray, minimum: int, what: str) -> None:
+    count = distinct_points(params, tokens)
+    if count < minimum:
+        raise AnalysisError(f"{what} needs at least {minimum} distinct (N, D) points (got {count} from {len(params)} "
+                            "rows; rows with the same N and D count once)")
 
 
 # ------------------------------------------------------------------------------------------ approach 3
@@ -60,11 +77,12 @@ def fit_law(
     starts: np.ndarray = HOFFMANN_STARTS,
     n_best: int | None = None,
     scale: float = 1.0,
-    delta: float = HUBER_DELTA,
+    objective: Objective = OBJECTIVES["huber-log"],
 ) -> tuple[ChinchillaLaw, float]:
-    """The approach-3 fit of L(N, D) on raw arrays: the law and the summed Huber objective."""
-    residuals, residuals_many = approach3_model(np.log(params), np.log(tokens), np.log(loss))
-    fit = fit_huber(residuals, starts, delta=delta, scale=scale, residuals_many=residuals_many, n_best=n_best)
+    """The approach-3 fit of L(N, D) on raw arrays: the law and the value of `objective` there."""
+    log_loss = np.log(loss)
+    residuals, residuals_many = approach3_model(np.log(params), np.log(tokens), log_loss)
+    fit = fit_log_model(residuals, log_loss, starts, objective, residuals_many, n_best, scale)
     log_a, log_b, log_e, alpha, beta = fit.theta
     return ChinchillaLaw(E=np.exp(log_e), A=np.exp(log_a), B=np.exp(log_b), alpha=alpha, beta=beta), fit.objective
 
@@ -76,8 +94,7 @@ def law_theta(law: ChinchillaLaw) -> np.ndarray:
 
 
 def fit_approach3(data: Dataset, starts: np.ndarray = HOFFMANN_STARTS, n_best: int | None = None, **kwargs) -> dict:
-    if len(data) < MIN_POINTS_APPROACH3:
-        raise AnalysisError(f"approach 3 needs at least {MIN_POINTS_APPROACH3} runs (got {len(data)})")
+    require_points(data.params, data.tokens, MIN_POINTS_APPROACH3, "approach 3")
     law, objective = fit_law(data.params, data.tokens, data.loss, starts=starts, n_best=n_best, **kwargs)
     if not law.alpha + law.beta > 0:
         raise AnalysisError("approach 3 fit is degenerate (alpha + beta <= 0): the data do not constrain L(N, D)")
@@ -98,17 +115,29 @@ def _require_budgets(count: int, approach: str) -> None:
         raise AnalysisError(f"approach {approach} needs at least 2 iso-FLOP budgets (got {count})")
 
 
-def frontier_rows(data: Dataset) -> np.ndarray:
-    """The lowest-loss run of each budget that has at least two runs (one run is no minimum)."""
+def frontier_budgets(data: Dataset) -> tuple[float, ...]:
+    """The budgets with at least two distinct (N, D) points: one point is no minimum."""
+    return tuple(float(data.budget[group[0]]) for group in data.budget_groups()
+                 if distinct_points(data.params[group], data.tokens[group]) >= 2)
+
+
+def frontier_rows(data: Dataset, budgets: tuple[float, ...] | None = None) -> np.ndarray:
+    """The lowest-loss run of each budget in `budgets` (default: `frontier_budgets(data)`).
+
+    A bootstrap passes the point fit's budgets: a resample that drew one run of a budget twice keeps the
+    budget (its minimum is that run) rather than dropping it and fitting through fewer budgets.
+    """
+    budgets = frontier_budgets(data) if budgets is None else budgets
     return np.array(
-        [group[np.argmin(data.loss[group])] for group in data.budget_groups() if len(group) >= 2], dtype=int
+        [group[np.argmin(data.loss[group])] for group in data.budget_groups() if data.budget[group[0]] in budgets],
+        dtype=int,
     )
 
 
-def fit_approach1(data: Dataset) -> dict:
+def fit_approach1(data: Dataset, budgets: tuple[float, ...] | None = None) -> dict:
     """Lowest-loss run of each budget; N_opt ∝ C^a and D_opt ∝ C^b through those runs."""
-    best = frontier_rows(data)
-    _require_budgets(len(best), "1 (with >= 2 runs each)")
+    best = frontier_rows(data, budgets)
+    _require_budgets(len(best), "1 (with >= 2 distinct (N, D) points each)")
     log_c = np.log(data.flops[best])
     a, k_n = _loglog_slope(log_c, np.log(data.params[best]))
     b, k_d = _loglog_slope(log_c, np.log(data.tokens[best]))
@@ -119,6 +148,7 @@ def fit_approach1(data: Dataset) -> dict:
             for i in best
         ],
         "n_budgets_skipped": len(data.budget_groups()) - len(best),
+        "frontier_budgets": [float(data.budget[i]) for i in best],
     }
     return {"a": a, "b": b, "k_N": k_n, "k_D": k_d, "details": details}
 
@@ -138,43 +168,81 @@ def grid_asymmetry(x: np.ndarray, x_min: float) -> float:
     return float(2 * (x_min - low) / (high - low) - 1)
 
 
-def approach2_budgets(data: Dataset) -> list[dict]:
-    """The per-budget parabola fits: minimum in log N and in log D, and where each sits in the grid."""
-    budgets = []
+def window_rows(data: Dataset, group: np.ndarray, window: int | None) -> np.ndarray:
+    """The rows of a budget its parabola is fitted to: all, or those of the `window` model sizes centred
+    (in log N order) on the lowest loss, shifted inwards at the grid's edges so that there are still
+    `window` sizes. Counting sizes, not rows, keeps a resample's repeated draws of one run from
+    narrowing the window."""
+    ordered = group[np.argsort(data.params[group], kind="stable")]
+    sizes = np.unique(data.params[ordered])
+    if window is None or window >= len(sizes):
+        return ordered
+    lowest = int(np.searchsorted(sizes, data.params[ordered][np.argmin(data.loss[ordered])]))
+    start = min(max(lowest - (window - 1) // 2, 0), len(sizes) - window)
+    return ordered[np.isin(data.params[ordered], sizes[start:start + window])]
+
+
+def _budget_parabola(data: Dataset, group: np.ndarray, window: int | None) -> tuple[dict | None, str | None]:
+    """One budget's parabola fit, or (None, why it could not be made)."""
+    rows = window_rows(data, group, window)
+    if len(np.unique(data.params[rows])) < 3:
+        return None, "fewer than 3 model sizes"
+    log_n, log_d, loss = np.log(data.params[rows]), np.log(data.tokens[rows]), data.loss[rows]
+    in_n, in_d = _parabola_minimum(log_n, loss), _parabola_minimum(log_d, loss)
+    if in_n is None or in_d is None:
+        return None, "parabola opens downward"
+    return {
+        "budget": float(data.budget[group[0]]),
+        "flops": float(np.exp(np.log(data.flops[rows]).mean())),
+        "n_runs": int(len(rows)),
+        "n_runs_budget": int(len(group)),
+        "runs_used": [str(run_id) for run_id in data.run_ids[rows]],
+        "params_used": [float(data.params[rows].min()), float(data.params[rows].max())],
+        "params_opt": float(np.exp(in_n[0])),
+        "tokens_opt": float(np.exp(in_d[0])),
+        "loss_min": float(in_n[1]),
+        "parabola_N": np.polyfit(log_n, loss, 2).tolist(),
+        "asymmetry_N": grid_asymmetry(log_n, in_n[0]),
+        "asymmetry_D": grid_asymmetry(log_d, in_d[0]),
+        "log10_span_N": float((log_n.max() - log_n.min()) / np.log(10)),
+    }, None
+
+
+def approach2_budgets(data: Dataset, window: int | None = None, budgets: tuple[float, ...] | None = None) -> list[dict]:
+    """The per-budget parabola fits: minimum in log N and in log D, and where each sits in the points used.
+
+    Without `budgets` (the point fit) a budget whose parabola cannot be made is skipped. With them (a
+    bootstrap resample) every one of those budgets must give a parabola whose minimum lies within the
+    points it used, else the resample is degenerate (DegenerateFit): its a and b would be noise."""
+    fits = []
     for group in data.budget_groups():
-        if len(np.unique(data.params[group])) < 3:
+        label = float(data.budget[group[0]])
+        if budgets is not None and label not in budgets:
             continue
-        log_n, log_d, loss = np.log(data.params[group]), np.log(data.tokens[group]), data.loss[group]
-        in_n, in_d = _parabola_minimum(log_n, loss), _parabola_minimum(log_d, loss)
-        if in_n is None or in_d is None:
-            continue
-        budgets.append({
-            "budget": float(data.budget[group[0]]),
-            "flops": float(np.exp(np.log(data.flops[group]).mean())),
-            "n_runs": int(len(group)),
-            "params_opt": float(np.exp(in_n[0])),
-            "tokens_opt": float(np.exp(in_d[0])),
-            "loss_min": float(in_n[1]),
-            "parabola_N": np.polyfit(log_n, loss, 2).tolist(),
-            "asymmetry_N": grid_asymmetry(log_n, in_n[0]),
-            "asymmetry_D": grid_asymmetry(log_d, in_d[0]),
-            "log10_span_N": float((log_n.max() - log_n.min()) / np.log(10)),
-        })
-    return budgets
+        fit, why = _budget_parabola(data, group, window)
+        if budgets is not None and fit is not None and max(abs(fit["asymmetry_N"]), abs(fit["asymmetry_D"])) > 1:
+            fit, why = None, "minimum outside the grid"
+        if fit is None and budgets is not None:
+            raise DegenerateFit(why)
+        if fit is not None:
+            fits.append(fit)
+    return fits
 
 
-def fit_approach2(data: Dataset) -> dict:
-    budgets = approach2_budgets(data)
-    _require_budgets(len(budgets), "2 (with >= 3 model sizes and an upward parabola each)")
-    log_c = np.log([budget["flops"] for budget in budgets])
-    a, k_n = _loglog_slope(log_c, np.log([budget["params_opt"] for budget in budgets]))
-    b, k_d = _loglog_slope(log_c, np.log([budget["tokens_opt"] for budget in budgets]))
-    asymmetry = np.array([budget["asymmetry_N"] for budget in budgets])
+def fit_approach2(data: Dataset, window: int | None = None, budgets: tuple[float, ...] | None = None) -> dict:
+    """Approach 2 over every usable budget, or (a resample) over exactly the point fit's `budgets`."""
+    fits = approach2_budgets(data, window, budgets)
+    _require_budgets(len(fits), "2 (with >= 3 model sizes and an upward parabola each)")
+    log_c = np.log([budget["flops"] for budget in fits])
+    a, k_n = _loglog_slope(log_c, np.log([budget["params_opt"] for budget in fits]))
+    b, k_d = _loglog_slope(log_c, np.log([budget["tokens_opt"] for budget in fits]))
+    asymmetry = np.array([budget["asymmetry_N"] for budget in fits])
     return {
         "a": a, "b": b, "k_N": k_n, "k_D": k_d,
         "mean_asymmetry_N": float(asymmetry.mean()),
         "max_abs_asymmetry_N": float(np.abs(asymmetry).max()),
-        "details": {"budgets": budgets, "n_budgets_skipped": len(data.budget_groups()) - len(budgets)},
+        "details": {"budgets": fits, "n_budgets_skipped": len(data.budget_groups()) - len(fits), "window": window,
+                    "fit_budgets": [budget["budget"] for budget in fits]},
     }
 
 

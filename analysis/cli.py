@@ -1,7 +1,9 @@
-"""`isoflop fit`, `isoflop size` and `isoflop report`: `register(subparsers)` adds them to the console script.
+"""`isoflop fit`, `isoflop size`, `isoflop predict` and `isoflop report`: `register(subparsers)` adds them to
+the console script (docs/ANALYSIS.md, docs/ANALYSIS-REPRODUCING.md).
 
-Bad input (a missing column, a non-positive value, an empty source, an unknown option value) prints one
-line on stderr and returns exit code 2.
+Bad input (a missing column, a non-positive or non-finite value, an empty source or selection, an
+unknown option value, an output path that cannot be a directory) prints one line on stderr and returns
+exit code 2, before anything is computed or written.
 """
 
 from __future__ import annotations
@@ -13,35 +15,61 @@ import shlex
 import sys
 
 from analysis.errors import AnalysisError
-from analysis.fits import APPROACHES, DEFAULT_LBFGS_STARTS, FitOptions, check_approach, run_fit
-from analysis.laws import HOFFMANN_2022, ChinchillaLaw
-from analysis.results import fmt
-from analysis.sizing import size
+from analysis.fits import DEFAULT_LBFGS_STARTS, DEFAULT_OBJECTIVES, FIT_APPROACHES, FitOptions, check_approach, run_fit
+from analysis.presets import PRESETS, chinchilla_form, predict, read_law
+from analysis.results import fmt, samples_csv
+from analysis.robust import OBJECTIVES, objective_named
+from analysis.select import parse_group_by, parse_where, repeated_sizes, select, split
+from analysis.sizing import compute_optimal_tokens, size
 from analysis.sources import (
     DEFAULT_BUDGET_RTOL, FLOPS_CONVENTIONS, LOSS_CHOICES, PARAMS_CONVENTIONS, Conventions, exclude_outliers,
     load_source,
 )
-
-LAW_PRESETS = {"hoffmann2022": HOFFMANN_2022}
+from common.files import WriteError, atomic_write
+from common.validation import (
+    finite_float, non_negative_float, non_negative_int, output_directory, output_file, positive_float, positive_int,
+)
 
 
 def register(subparsers) -> None:
     fit = _add(subparsers, "fit", "fit a scaling law to run directories or a CSV, with bootstrap intervals", _fit)
     _add_source_options(fit)
     fit.add_argument("--approach", default="3",
-                     help=f"which fit: {', '.join(APPROACHES)} (default 3: Hoffmann et al.'s parametric L(N, D))")
+                     help=f"which fit: {', '.join(FIT_APPROACHES)} (default 3: Hoffmann et al.'s parametric L(N, D); "
+                          "frontier: a table of optima, one row per budget)")
+    fit.add_argument("--sigma-col", metavar="COL",
+                     help="--approach frontier: weight each optimum 1/σ², σ the standard deviation of its ln N* "
+                          "held in this column")
     fit.add_argument("--json", action="store_true", help="print the result as JSON (feed approach 3's to `size --law`)")
+    fit.add_argument("--save-samples", metavar="FILE",
+                     help="write the bootstrap draws as CSV: one row per fitted resample, one column per estimate "
+                          "(with --group-by, the group's columns first)")
 
     sizing = _add(subparsers, "size", "inference-aware sizing (Sardana & Frankle 2023) from a fitted L(N, D)", _size)
     sizing.add_argument("--law", required=True,
                         help="FIT.json from `isoflop fit --approach 3 --json` (or law.json from a report), "
-                             f"or a published law: {', '.join(LAW_PRESETS)}")
-    sizing.add_argument("--inference-tokens", type=float, required=True, help="lifetime inference tokens D_inf")
+                             f"or a published law: {', '.join(PRESETS)}")
+    sizing.add_argument("--inference-tokens", type=non_negative_float, required=True,
+                        help="lifetime inference tokens D_inf")
     target = sizing.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target-loss", type=float, help="the loss the model must reach")
-    target.add_argument("--budget", type=float,
+    target.add_argument("--target-loss", type=positive_float,
+                        help="the loss the model must reach (above the law's irreducible loss E)")
+    target.add_argument("--budget", type=positive_float,
                         help="a training budget in FLOPs: the target is the Chinchilla-optimal loss at that budget")
+    target.add_argument("--target-params", type=positive_float, metavar="N",
+                        help="the target is the loss of a compute-optimal N-parameter model under the law "
+                             "(Sardana & Frankle: 'the quality of a Chinchilla-optimal 13B model')")
     sizing.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    predicting = _add(subparsers, "predict", "the loss a published or fitted scaling law predicts", _predict)
+    predicting.add_argument("--law", required=True,
+                            help=f"a published law ({', '.join(PRESETS)}) or FIT.json from `isoflop fit --json` "
+                                 "(approach 3 or datacon)")
+    for flag, meaning in (("--params", "parameters N"), ("--tokens", "training tokens D"),
+                          ("--unique-tokens", "unique tokens U (data-constrained laws; default: D, no repetition)"),
+                          ("--flops", "training FLOPs C (with one of N, D: C = 6ND; alone: the compute-optimal model)")):
+        predicting.add_argument(flag, type=positive_float, help=meaning)
+    predicting.add_argument("--json", action="store_true", help="print {\"loss\": ...} and what it used as JSON")
 
     report = _add(subparsers, "report", "every fit, PNG plots and report.md for run directories or a CSV", _report)
     _add_source_options(report)
@@ -56,15 +84,37 @@ def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentPar
         sys.exit(2)
 
     parser.error = error
-    parser.set_defaults(func=_one_line_errors(name, handler))
+    parser.set_defaults(func=_one_line_errors(name, handler), parser=parser)
     return parser
+
+
+def reproduce_command(args) -> str:
+    """The command line that re-creates this run: the positional source and every option that differs
+    from its default, read off the parser itself, so that no option can be forgotten."""
+    parts = ["isoflop", args.command]
+    for action in args.parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "lbfgs_starts" and value is None:
+            value = "all"  # what --lbfgs-starts all parses to
+        if action.dest in ("help", "func", "parser") or value is None or value == action.default:
+            continue
+        if not action.option_strings:
+            parts.append(str(value))
+        elif action.nargs == 0:  # store_true
+            parts.append(action.option_strings[-1])
+        elif isinstance(value, list):  # append
+            for item in value:
+                parts += [action.option_strings[-1], str(item)]
+        else:
+            parts += [action.option_strings[-1], str(value)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def _one_line_errors(name: str, handler):
     def run(args) -> int:
         try:
             return handler(args)
-        except AnalysisError as err:
+        except (AnalysisError, WriteError) as err:
             print(f"isoflop {name}: {err}", file=sys.stderr)
             return 2
 
@@ -73,112 +123,191 @@ def _one_line_errors(name: str, handler):
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a directory of run directories (any depth, **/summary.json) or a CSV file")
-    group = parser.add_argument_group("conventions (stated in every output)")
-    group.add_argument("--params", default="non_embedding", help=f"parameter count: {', '.join(PARAMS_CONVENTIONS)}")
-    group.add_argument("--flops", default="6N", help=f"FLOP count: {', '.join(FLOPS_CONVENTIONS)}")
-    group.add_argument("--loss", default="eval", help=f"which final loss of a run: {', '.join(LOSS_CHOICES)}")
+    group = parser.add_argument_group("conventions (stated in every output; for a CSV, unless named here, "
+                                      "whatever its columns hold)")
+    group.add_argument("--params", help=f"parameter count: {', '.join(PARAMS_CONVENTIONS)} (default non_embedding)")
+    group.add_argument("--flops", help=f"FLOP count: {', '.join(FLOPS_CONVENTIONS)} (default 6N)")
+    group.add_argument("--loss", help=f"which final loss of a run: {', '.join(LOSS_CHOICES)} (default eval)")
     group = parser.add_argument_group("CSV columns (defaults: params, tokens, flops, loss; any two of the first three)")
     for role in ("params", "tokens", "flops", "loss"):
         group.add_argument(f"--{role}-col", help=f"column holding {role}")
-    group.add_argument("--budget-rtol", type=float, default=DEFAULT_BUDGET_RTOL,
+    group.add_argument("--budget-rtol", type=positive_float, default=DEFAULT_BUDGET_RTOL,
                        help="CSV rows whose FLOPs differ by less than this share an iso-FLOP budget (default 0.05)")
+    group.add_argument("--skip-blank", action="store_true",
+                       help="leave out CSV rows with an empty cell in a column the fit reads (listed in the notes)")
+    group = parser.add_argument_group("selecting rows")
+    group.add_argument("--where", action="append", default=[], metavar="EXPR",
+                       help="keep rows where COLUMN OP VALUE holds, OP one of = != < <= > >= (numeric when both "
+                            "sides are numbers); repeatable, all must hold")
+    group.add_argument("--group-by", metavar="COL[,COL]",
+                       help="one fit per distinct value of these columns (JSON: {\"groups\": [{\"key\", \"result\"}]})")
     group = parser.add_argument_group("outlier exclusion (each dropped row is listed in the output)")
-    group.add_argument("--drop-highest", type=int, default=0, metavar="K", help="drop the K highest losses")
-    group.add_argument("--max-loss", type=float, help="drop runs with a loss above this")
+    group.add_argument("--drop-highest", type=non_negative_int, default=0, metavar="K",
+                       help="drop the K highest losses")
+    group.add_argument("--max-loss", type=positive_float, help="drop runs with a loss above this")
     group.add_argument("--drop-run", action="append", default=[], metavar="RUN_ID", help="drop this run (repeatable)")
     group = parser.add_argument_group("fitting")
-    group.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000; 0: none)")
-    group.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    group.add_argument("--lbfgs-starts", default=str(DEFAULT_LBFGS_STARTS),
+    group.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
+                       help="bootstrap resamples (default 1000; 0: none)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed, >= 0 (default 0)")
+    group.add_argument("--ci", type=ci_level, default=95.0, metavar="LEVEL",
+                       help="percent of the bootstrap draws each interval holds, 0 < LEVEL < 100 (default 95; "
+                            "80 gives the 10-90%% range)")
+    group.add_argument("--lbfgs-starts", type=lbfgs_starts, default=DEFAULT_LBFGS_STARTS,
                        help="L-BFGS runs from this many of Hoffmann et al.'s 4,500 initialisations, the best by "
                             f"initial objective, or 'all' (default {DEFAULT_LBFGS_STARTS})")
-    group.add_argument("--at-flops", type=float,
+    group.add_argument("--window", type=parabola_window, metavar="K",
+                       help="approach 2: fit each budget's parabola to the K runs centred (in log N order) on its "
+                            "lowest loss, as the papers do on wide grids (K >= 3; default: every run)")
+    group.add_argument("--objective", metavar="NAME",
+                       help=f"what approaches 3, overtrain and datacon minimise: {', '.join(OBJECTIVES)} "
+                            "(default: each paper's own: huber-log for 3 and datacon, lsq for overtrain)")
+    group.add_argument("--at-flops", type=positive_float,
                        help="over-training: compute at which the loss given up is reported (default: largest budget)")
 
 
-def _load(args, with_curves: bool = False):
-    conventions = Conventions(params=args.params, flops=args.flops, loss=args.loss)
+def lbfgs_starts(text: str) -> int | None:
+    """argparse type of --lbfgs-starts: a positive count, or 'all' (None: every start)."""
+    if text == "all":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all' (got {text!r})") from None
+
+
+def ci_level(text: str) -> float:
+    """argparse type of --ci: a percentage strictly between 0 and 100."""
+    value = finite_float(text)
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage between 0 and 100, exclusive (got {text!r})")
+    return value
+
+
+def parabola_window(text: str) -> int:
+    """argparse type of --window: a parabola needs three points."""
+    value = positive_int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 3: a parabola needs three points (got {text!r})")
+    return value
+
+
+def _load(args, with_curves: bool = False, need_loss: bool = True) -> list[tuple[dict, object]]:
+    """The source's rows, selected by --where, outliers excluded, split by --group-by: [(key, Dataset)]."""
+    conditions = [parse_where(text) for text in args.where]  # a malformed one fails before any reading
+    group_names = parse_group_by(args.group_by)
+    conventions = _conventions(args)
     columns = {role: getattr(args, f"{role}_col") for role in ("params", "tokens", "flops", "loss")}
-    if not args.budget_rtol > 0:
-        raise AnalysisError(f"--budget-rtol must be positive (got {args.budget_rtol})")
     data = load_source(args.source, conventions, columns, with_curves=with_curves,
-                       budget_rtol=args.budget_rtol)
-    return exclude_outliers(data, drop_highest=args.drop_highest, max_loss=args.max_loss, drop_runs=args.drop_run)
+                       budget_rtol=args.budget_rtol, skip_blank=args.skip_blank, need_loss=need_loss)
+    data = select(data, conditions)
+    data = exclude_outliers(data, drop_highest=args.drop_highest, max_loss=args.max_loss, drop_runs=args.drop_run)
+    return split(data, group_names)
+
+
+def _conventions(args) -> Conventions:
+    """The conventions named on the command line, the defaults for the rest (`named` says which is which)."""
+    given = {role: getattr(args, role) for role in ("params", "flops", "loss") if getattr(args, role) is not None}
+    return Conventions(**given, named=frozenset(given))
+
+
+def _warn_repeated_sizes(args, groups) -> None:
+    """Once per group, on stderr: repeated model sizes in a budget (a sign of pooled groups). Called after
+    the fits succeed, so that a failure stays one line."""
+    for key, group in groups:
+        warning = repeated_sizes(group)
+        if warning:
+            label = ", ".join(f"{name}={value}" for name, value in key.items())
+            print(f"isoflop {args.command}: {warning}" + (f" [group {label}]" if label else ""), file=sys.stderr)
 
 
 def _options(args) -> FitOptions:
-    if args.lbfgs_starts == "all":
-        starts = None
-    else:
-        try:
-            starts = int(args.lbfgs_starts)
-        except ValueError:
-            starts = 0
-        if starts < 1:
-            raise AnalysisError(f"--lbfgs-starts must be a positive integer or 'all' (got {args.lbfgs_starts!r})")
-    if args.at_flops is not None and not args.at_flops > 0:
-        raise AnalysisError(f"--at-flops must be positive (got {args.at_flops})")
-    return FitOptions(n_resamples=args.bootstrap, seed=args.seed, progress=True, lbfgs_starts=starts,
-                      reference_flops=args.at_flops)
+    return FitOptions(sigma_col=getattr(args, "sigma_col", None), ci_level=args.ci, n_resamples=args.bootstrap, seed=args.seed, progress=True, lbfgs_starts=args.lbfgs_starts,
+                      reference_flops=args.at_flops, window=args.window, objective=args.objective)
 
 
 def _fit(args) -> int:
     check_approach(args.approach)
+    if args.window is not None and args.approach != "2":
+        raise AnalysisError(f"--window applies to approach 2 only (got --approach {args.approach})")
+    if args.objective is not None:
+        objective_named(args.objective)
+        if args.approach not in DEFAULT_OBJECTIVES:
+            raise AnalysisError(f"--objective applies to approaches {', '.join(DEFAULT_OBJECTIVES)} "
+                                f"(got --approach {args.approach})")
     options = _options(args)
-    result = run_fit(_load(args), args.approach, options)
-    print(result.to_json() if args.json else result.table())
+    if args.sigma_col is not None and args.approach != "frontier":
+        raise AnalysisError(f"--sigma-col applies to --approach frontier only (got --approach {args.approach})")
+    if args.save_samples is not None:
+        problems = output_file("--save-samples", args.save_samples)  # before any fit, so nothing is wasted
+        if problems:
+            raise AnalysisError(problems[0])
+        if args.bootstrap == 0:
+            raise AnalysisError("--save-samples needs bootstrap resamples (got --bootstrap 0)")
+    groups = _load(args, need_loss=args.approach != "frontier")  # a table of optima may have no losses
+    results = [(key, run_fit(data, args.approach, options)) for key, data in groups]
+    _warn_repeated_sizes(args, groups)
+    if args.save_samples is not None:
+        atomic_write(args.save_samples, samples_csv(results))
+    if args.group_by is None:
+        (_, result), = results
+        print(result.to_json() if args.json else result.table())
+    elif args.json:
+        print(json.dumps({"groups": [{"key": key, "result": result.as_dict()} for key, result in results]}, indent=2))
+    else:
+        print("\n\n".join(f"== group {', '.join(f'{name}={value}' for name, value in key.items())} ==\n{result.table()}"
+                          for key, result in results))
     return 0
 
 
 def _report(args) -> int:
     from analysis.report import build_report  # matplotlib only when a report is asked for
 
+    problems = output_directory("-o/--output", args.output)  # before any fit, so nothing is wasted
+    if problems:
+        raise AnalysisError(problems[0])
     options = _options(args)
-    data = _load(args, with_curves=True)
-    command = " ".join(shlex.quote(str(part)) for part in (
-        "isoflop", "report", args.source, "-o", args.output, "--params", args.params, "--flops", args.flops,
-        "--loss", args.loss, "--bootstrap", args.bootstrap, "--seed", args.seed,
-    ))
-    path = build_report(data, args.output, options, command=command)
+    if args.group_by is not None:
+        raise AnalysisError("--group-by: a report covers one group; select it with --where instead")
+    if args.objective is not None:
+        objective_named(args.objective)
+    groups = _load(args, with_curves=True)
+    (_, data), = groups
+    path = build_report(data, args.output, options, command=reproduce_command(args))
+    _warn_repeated_sizes(args, groups)
     print(f"wrote {path} ({len(list(pathlib.Path(args.output).glob('*.png')))} figures)")
     return 0
 
 
-def read_law(spec: str) -> tuple[ChinchillaLaw, str]:
-    """A law from a preset name or a fit's JSON, and a line saying where it came from."""
-    if spec in LAW_PRESETS:
-        return LAW_PRESETS[spec], f"published constants '{spec}' (Hoffmann et al. 2022: total parameters, C = 6ND)"
-    path = pathlib.Path(spec)
-    try:
-        fitted = json.loads(path.read_text())
-    except OSError as err:
-        raise AnalysisError(f"--law {spec}: {err.strerror} (give a FIT.json or one of {', '.join(LAW_PRESETS)})") from None
-    except json.JSONDecodeError:
-        raise AnalysisError(f"--law {spec}: not JSON (expected the output of `isoflop fit --approach 3 --json`)") from None
-    values = {}
-    for key in ("E", "A", "B", "alpha", "beta"):
-        value = fitted.get(key) if isinstance(fitted, dict) else None
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise AnalysisError(f"--law {spec}: missing or non-positive '{key}' (expected `isoflop fit --approach 3 --json`)")
-        values[key] = float(value)
-    conventions = fitted.get("conventions") or {}
-    described = ", ".join(f"{key}={value}" for key, value in conventions.items() if key != "csv_columns") or "not recorded"
-    return ChinchillaLaw(**values), f"{spec} (conventions: {described})"
+def _predict(args) -> int:
+    law, origin = read_law(args.law)
+    loss, inputs, formula = predict(law, args.params, args.tokens, args.unique_tokens, args.flops)
+    if args.json:
+        print(json.dumps({"loss": loss, "inputs": inputs, "formula": formula, "law": law.as_dict(),
+                          "law_source": origin}, indent=2))
+        return 0
+    shown = ", ".join(f"{key}={fmt(value)}" for key, value in inputs.items())
+    print(f"L = {loss:.6g}\n  {formula}\n  at {shown}\n  law: {origin}")
+    return 0
 
 
 def _size(args) -> int:
     law, origin = read_law(args.law)
-    for name in ("inference_tokens", "target_loss", "budget"):
-        value = getattr(args, name)
-        if value is not None and (value < 0 or (name != "inference_tokens" and value == 0)):
-            raise AnalysisError(f"--{name.replace('_', '-')} must be positive (got {value:g})")
-    result = size(law, args.inference_tokens, target_loss=args.target_loss, budget_flops=args.budget)
+    law, restriction = chinchilla_form(law, args.law)
+    origin += restriction
+    target_loss = args.target_loss
+    if args.target_params is not None:
+        target_loss = float(law.loss(args.target_params, compute_optimal_tokens(law, args.target_params)))
+    result = size(law, args.inference_tokens, target_loss=target_loss, budget_flops=args.budget)
     if args.json:
         print(json.dumps({**result.as_dict(), "law": law.as_dict(), "law_source": origin}, indent=2))
         return 0
     target = f"L = {result.target_loss:.4f}"
     if args.budget is not None:
         target += f" (the Chinchilla-optimal loss at a {fmt(args.budget)}-FLOP training budget)"
+    if args.target_params is not None:
+        target += (f" (the loss of a compute-optimal {fmt(args.target_params)}-parameter model, trained on "
+                   f"{fmt(compute_optimal_tokens(law, args.target_params))} tokens)")
     lines = [
         "Inference-aware sizing (Sardana & Frankle 2023): minimise 6·N·D + 2·N·D_inf subject to L(N, D) = target",
         f"law: L(N, D) = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g} from {origin}",

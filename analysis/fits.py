@@ -10,14 +10,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from analysis import chinchilla, datacon, kaplan, overtrain
+from analysis import chinchilla, datacon, frontier, kaplan, overtrain
 from analysis.bootstrap import bootstrap
 from analysis.errors import AnalysisError
 from analysis.laws import PF_DAY_FLOPS, ChinchillaLaw
 from analysis.results import FitResult, fmt
+from analysis.robust import Objective, objective_named
+from analysis.select import repeated_sizes
 from analysis.sources import Dataset
 
-APPROACHES = ("1", "2", "3", "kaplan", "overtrain", "datacon")
+APPROACHES = ("1", "2", "3", "kaplan", "overtrain", "datacon")  # what a report of runs fits
+FIT_APPROACHES = APPROACHES + ("frontier",)  # plus fits of a table of optima
+# Each law as its paper fitted it: Hoffmann et al. (and Muennighoff et al., following them) Huber on log L;
+# Gadre et al. least squares on L (scipy.optimize.curve_fit).
+DEFAULT_OBJECTIVES = {"3": "huber-log", "datacon": "huber-log", "overtrain": "lsq"}
+PAPERS = {"3": "Hoffmann et al. 2022", "datacon": "Muennighoff et al. 2023", "overtrain": "Gadre et al. 2024"}
 DEFAULT_LBFGS_STARTS = 64
 
 
@@ -29,6 +36,10 @@ class FitOptions:
     # L-BFGS runs from this many of the 4,500 Hoffmann starts (the lowest initial objectives); None = all.
     lbfgs_starts: int | None = DEFAULT_LBFGS_STARTS
     reference_flops: float | None = None  # over-training: compute at which penalties are reported
+    window: int | None = None  # approach 2: the runs nearest each budget's lowest loss its parabola uses
+    objective: str | None = None  # approaches 3, overtrain, datacon: None = the approach's paper's objective
+    sigma_col: str | None = None  # frontier: the column holding the standard deviation of log N*
+    ci_level: float = 95.0  # percent of the bootstrap draws each interval holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +62,33 @@ def _approach1_point(data, options):
     return chinchilla.fit_approach1(data)
 
 
+def _approach1_resample(point, options):
+    budgets = tuple(point["details"]["frontier_budgets"])  # the point fit's frontier, in every resample
+    return lambda sample: chinchilla.fit_approach1(sample, budgets)
+
+
 def _approach2_point(data, options):
-    return chinchilla.fit_approach2(data)
+    return chinchilla.fit_approach2(data, window=options.window)
+
+
+def _approach2_resample(point, options):
+    budgets = tuple(point["details"]["fit_budgets"])  # every resample fits the point fit's budgets, or is degenerate
+    return lambda sample: chinchilla.fit_approach2(sample, window=options.window, budgets=budgets)
+
+
+def _frontier_point(data, options):
+    return frontier.fit_frontier(data, options.sigma_col)
+
+
+def _describe_frontier(estimates, result):
+    details = estimates["details"]
+    weighting = (f"weighted 1/σ² by column '{details['weighted_by']}' (σ: standard deviation of ln N*)"
+                 if details["weighted_by"] else "unweighted (the scatter about the line estimates the noise)")
+    notes = [f"log N*{' and log D*' if details['fits_D'] else ''} regressed on log C by least squares over "
+             f"{details['n_optima']} optima, {weighting}; *_se are the least-squares standard errors"]
+    if not details["fits_D"]:
+        notes.append("no tokens column: D* not fitted (D* = C/(6·N*) would only restate N*)")
+    return [], notes
 
 
 def _kaplan_point(data, options):
@@ -76,16 +112,21 @@ def _describe_approach1(estimates, result):
 
 def _describe_approach2(estimates, result):
     details = estimates["details"]
-    lines = ["  per budget: parabola minimum in log N and log D; asymmetry = where the minimum sits in the "
-             "sampled span (0 centred, ±1 at an edge)"]
-    lines.append(f"    {'C':>10}  {'runs':>4}  {'N_opt':>10}  {'D_opt':>10}  {'L_min':>7}  {'asym N':>7}  {'asym D':>7}")
+    used = ("all runs of each budget" if details["window"] is None else
+            f"the {details['window']} runs centred (in log N) on each budget's lowest loss (--window)")
+    lines = [f"  per budget: parabola minimum in log N and log D through {used}; asymmetry = where the minimum "
+             "sits in the span of the points used (0 centred, ±1 at an edge)"]
+    lines.append(f"    {'C':>10}  {'used':>7}  {'N used':>21}  {'N_opt':>10}  {'D_opt':>10}  {'L_min':>7}  "
+                 f"{'asym N':>7}  {'asym D':>7}")
     for budget in details["budgets"]:
+        low, high = budget["params_used"]
         lines.append(
-            f"    {fmt(budget['flops']):>10}  {budget['n_runs']:>4}  {fmt(budget['params_opt']):>10}  "
+            f"    {fmt(budget['flops']):>10}  {budget['n_runs']:>3}/{budget['n_runs_budget']:<3}  "
+            f"{fmt(low) + '..' + fmt(high):>21}  {fmt(budget['params_opt']):>10}  "
             f"{fmt(budget['tokens_opt']):>10}  {budget['loss_min']:>7.4f}  {budget['asymmetry_N']:>+7.2f}  "
             f"{budget['asymmetry_D']:>+7.2f}"
         )
-    notes = []
+    notes = ["the runs each budget used are listed in the JSON (details.budgets[].runs_used)"]
     if details["n_budgets_skipped"]:
         notes.append(f"{details['n_budgets_skipped']} budgets skipped (fewer than 3 model sizes or a parabola opening downward)")
     worst = estimates["max_abs_asymmetry_N"]
@@ -102,15 +143,15 @@ def _describe_approach2(estimates, result):
 
 def _describe_approach3(estimates, result):
     law = ChinchillaLaw(**{key: estimates[key] for key in ("E", "A", "B", "alpha", "beta")})
-    lines = [f"  objective (summed Huber, delta=1e-3, on log L): {estimates['objective']:.6g}",
+    lines = [f"  objective ({objective_of('3', result.options).description}): {estimates['objective']:.6g}",
              "  compute-optimal frontier at the data's budgets (C = 6·N·D): N_opt = G·(C/6)^a, D_opt = (C/6)^b / G"]
     budgets = np.unique(result.details.get("budget_labels", []))
-    band = chinchilla.frontier_band(result.samples, budgets) if len(budgets) else None
+    band = chinchilla.frontier_band(result.samples, budgets, result.ci_level / 100) if len(budgets) else None
     for i, flops in enumerate(budgets):
         n_opt, d_opt = law.frontier(flops)
         text = f"    C={fmt(flops):>10}  N_opt={fmt(n_opt):>10}  D_opt={fmt(d_opt):>10}  L={float(law.loss(n_opt, d_opt)):.4f}"
         if band is not None:
-            text += f"  N_opt 95% [{fmt(band[0][i])}, {fmt(band[1][i])}]"
+            text += f"  N_opt {result.ci_level:g}% [{fmt(band[0][i])}, {fmt(band[1][i])}]"
         lines.append(text)
     return lines, []
 
@@ -136,43 +177,59 @@ def _describe_overtrain(estimates, result):
 
 def _describe_datacon(estimates, result):
     details = estimates["details"]
-    return [], [f"L(N, D) from {details['n_single_epoch']} single-epoch runs; R_D* from {details['n_repeated']} runs that repeat data"]
+    notes = [f"L(N, D) from {details['n_single_epoch']} single-epoch runs; R_D* and R_N* together from "
+             f"{details['n_repeated']} runs that repeat data ({details['n_excess_params']} of them with parameters "
+             "in excess of N_opt(U), U_N = min(N, N_opt(U)))"]
+    if "R_N_star" not in estimates:
+        notes.append("R_N* not estimated: no repeated run has more parameters than N_opt(U), so the data say "
+                     "nothing about excess parameters")
+    return [], notes
 
 
 # ------------------------------------------------------------------------------------------- registry
 
 
+def objective_of(approach: str, options: FitOptions) -> Objective:
+    """The objective `approach` is fitted by: the one asked for, else its paper's."""
+    return objective_named(options.objective or DEFAULT_OBJECTIVES[approach])
+
+
 def _approach3_point(data, options):
-    return chinchilla.fit_approach3(data, n_best=options.lbfgs_starts)
+    return chinchilla.fit_approach3(data, n_best=options.lbfgs_starts, objective=objective_of("3", options))
 
 
 def _approach3_resample(point, options):
     start = chinchilla.law_theta(ChinchillaLaw(**{key: point[key] for key in ("E", "A", "B", "alpha", "beta")}))
-    return lambda sample: chinchilla.fit_approach3(sample, starts=start[None])
+    return lambda sample: chinchilla.fit_approach3(sample, starts=start[None], objective=objective_of("3", options))
 
 
 def _overtrain_point(data, options):
-    return overtrain.fit_overtrain(data, reference_flops=options.reference_flops)
+    return overtrain.fit_overtrain(data, reference_flops=options.reference_flops,
+                                   objective=objective_of("overtrain", options))
 
 
 def _overtrain_resample(point, options):
     start = np.array([[np.log(point["E"]), np.log(point["a_M"]), np.log(point["b_M"]), point["eta"]]])
     reference = point["details"]["reference_flops"]
-    return lambda sample: overtrain.fit_overtrain(sample, reference_flops=reference, starts=start)
+    return lambda sample: overtrain.fit_overtrain(sample, reference_flops=reference, starts=start,
+                                                  objective=objective_of("overtrain", options))
 
 
 def _datacon_point(data, options):
-    return datacon.fit_datacon(data, n_best=options.lbfgs_starts)
+    return datacon.fit_datacon(data, n_best=options.lbfgs_starts, objective=objective_of("datacon", options))
 
 
 def _datacon_resample(point, options):
     start = chinchilla.law_theta(ChinchillaLaw(**{key: point[key] for key in ("E", "A", "B", "alpha", "beta")}))
-    return lambda sample: datacon.fit_datacon(sample, starts=start[None], n_best=None)
+    need_r_n = "R_N_star" in point
+    return lambda sample: datacon.fit_datacon(sample, starts=start[None], n_best=None,
+                                              objective=objective_of("datacon", options), need_r_n=need_r_n)
 
 
 def _kaplan_resample(point, options):
     start = np.array([[point["alpha_N_joint"], point["alpha_D_joint"], np.log(point["N_c_joint"]), np.log(point["D_c_joint"])]])
-    return lambda sample: kaplan.fit_kaplan(sample, joint_starts=start)
+    budgets = tuple(point["details"]["frontier_budgets"])
+    return lambda sample: kaplan.fit_kaplan(sample, joint_starts=start, budgets=budgets)
 
 
 _LAW_ROWS = [("E", "irreducible loss"), ("A", "coefficient of N"), ("B", "coefficient of D"),
@@ -182,16 +239,16 @@ SPECS = {
     "1": Spec(
         "Chinchilla approach 1: minimum loss at each FLOP budget -> N_opt ∝ C^a, D_opt ∝ C^b",
         [("a", "N_opt ∝ C^a"), ("b", "D_opt ∝ C^b"), ("k_N", "N_opt = k_N·C^a"), ("k_D", "D_opt = k_D·C^b")],
-        _approach1_point, _same(_approach1_point), True, _describe_approach1,
+        _approach1_point, _approach1_resample, True, _describe_approach1,
     ),
     "2": Spec(
         "Chinchilla approach 2: iso-FLOP parabolas in log N and log D -> N_opt ∝ C^a, D_opt ∝ C^b",
         [("a", "N_opt ∝ C^a (parabolas in log N)"), ("b", "D_opt ∝ C^b (parabolas in log D)"),
          ("k_N", "N_opt = k_N·C^a"), ("k_D", "D_opt = k_D·C^b"), ("mean_asymmetry_N", "mean grid asymmetry in log N")],
-        _approach2_point, _same(_approach2_point), True, _describe_approach2,
+        _approach2_point, _approach2_resample, True, _describe_approach2,
     ),
     "3": Spec(
-        "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta (Huber on log L, L-BFGS)",
+        "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta (L-BFGS)",
         _LAW_ROWS + [("a", "N_opt ∝ C^a = beta/(alpha+beta)"), ("b", "D_opt ∝ C^b = alpha/(alpha+beta)"),
                      ("G", "N_opt = G·(C/6)^a")],
         _approach3_point, _approach3_resample, False, _describe_approach3,
@@ -213,17 +270,27 @@ SPECS = {
         _overtrain_point, _overtrain_resample, False, _describe_overtrain,
     ),
     "datacon": Spec(
-        "Data-constrained (Muennighoff et al. 2023): L(N, D') with D' = U + U·R_D*·(1 - exp(-(epochs-1)/R_D*))",
+        "Data-constrained (Muennighoff et al. 2023): L(N', D') with D' = U + U·R_D*·(1 - exp(-R_D/R_D*)), "
+        "N' = U_N + U_N·R_N*·(1 - exp(-R_N/R_N*))",
         [("R_D_star", "repetitions at which repeated data's value decays by 1/e"),
+         ("R_N_star", "excess-parameter ratio at which their value decays by 1/e"),
          ("worth_of_4_epochs", "fraction of 4 epochs' tokens worth fresh data")] + _LAW_ROWS,
         _datacon_point, _datacon_resample, False, _describe_datacon,
     ),
 }
 
 
+SPECS["frontier"] = Spec(
+    "Compute-optimal frontier from a table of optima: N* = k_N·C^a, D* = k_D·C^b (least squares in log-log)",
+    [("a", "N* ∝ C^a"), ("a_se", "standard error of a"), ("k_N", "N* = k_N·C^a"),
+     ("b", "D* ∝ C^b"), ("b_se", "standard error of b"), ("k_D", "D* = k_D·C^b")],
+    _frontier_point, _same(_frontier_point), False, _describe_frontier,
+)
+
+
 def check_approach(approach: str) -> str:
     if approach not in SPECS:
-        raise AnalysisError(f"unknown approach {approach!r}: choose one of {', '.join(APPROACHES)}")
+        raise AnalysisError(f"unknown approach {approach!r}: choose one of {', '.join(FIT_APPROACHES)}")
     return approach
 
 
@@ -232,13 +299,25 @@ def run_fit(data: Dataset, approach: str, options: FitOptions = FitOptions()) ->
     spec = SPECS[check_approach(approach)]
     if len(data) == 0:
         raise AnalysisError("no data points to fit")
+    if options.objective is not None:
+        objective_named(options.objective)  # an unknown name is an error whichever approach runs
     point = spec.point(data, options)
     estimates = {name: float(value) for name, value in point.items() if name != "details"}
     result = FitResult(
-        approach=approach, title=spec.title, estimates=estimates, ci95={}, rows=spec.rows, n_points=len(data),
-        source=data.source, conventions=data.conventions, notes=list(data.notes),
-        details={**point.get("details", {}), "budget_labels": sorted(set(data.budget.tolist()))},
+        approach=approach, title=spec.title, estimates=estimates, ci={}, rows=spec.rows, n_points=len(data),
+        source=data.source, conventions=data.conventions, notes=list(data.notes), ci_level=options.ci_level,
+        details={**point.get("details", {}), "budget_labels": sorted(set(data.budget.tolist()))}, options=options,
     )
+    if approach in DEFAULT_OBJECTIVES:
+        objective = objective_of(approach, options)
+        default = objective.name == DEFAULT_OBJECTIVES[approach]
+        result.details["objective"] = objective.name
+        result.notes.append(f"objective: {objective.description} (--objective {objective.name}; "
+                            + (f"as {PAPERS[approach]} fitted it)" if default else
+                               f"{PAPERS[approach]} used {DEFAULT_OBJECTIVES[approach]})"))
+    warning = repeated_sizes(data)
+    if warning:
+        result.notes.append(warning)
     epochs = data.extra("epochs")
     repeated = int(np.sum(np.isfinite(epochs) & (epochs > 1 + 1e-9)))
     if repeated and approach != "datacon":
@@ -253,8 +332,10 @@ def run_fit(data: Dataset, approach: str, options: FitOptions = FitOptions()) ->
                           within_budgets=spec.within_budgets, progress=options.progress,
                           label=f"bootstrap {approach}")
         result.samples = draws.samples if draws.reliable else {}
-        result.ci95 = {name: draws.interval(name) for name in estimates}
-        result.notes.append(draws.note())
+        result.draws = draws
+        result.ci = {name: draws.interval(name, options.ci_level / 100) for name in estimates}
+        result.se = {name: draws.standard_error(name) for name in estimates}
+        result.notes.append(draws.note(options.ci_level / 100))
     else:
         result.notes.append("no bootstrap (0 resamples): no intervals")
     extra_lines, notes = spec.describe(point, result)

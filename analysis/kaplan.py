@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.chinchilla import frontier_rows
+from analysis.chinchilla import frontier_rows, require_points
 from analysis.errors import AnalysisError
 from analysis.robust import fit_huber, grid, log_sum_exp_terms
 from analysis.sources import Dataset
@@ -68,17 +68,18 @@ def fit_joint(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray, starts=J
             "D_c_joint": np.exp(log_dc), "objective_joint": fit.objective}
 
 
-def fit_kaplan(data: Dataset, joint_starts=JOINT_STARTS) -> dict:
-    best = frontier_rows(data)
+def fit_kaplan(data: Dataset, joint_starts=JOINT_STARTS, budgets: tuple[float, ...] | None = None) -> dict:
+    """`budgets`: the frontier's budgets, as `chinchilla.frontier_rows` takes them (a bootstrap fixes them)."""
+    best = frontier_rows(data, budgets)
     if len(best) < 3:
-        raise AnalysisError(f"Kaplan fits need at least 3 iso-FLOP budgets with >= 2 runs for the frontier (got {len(best)})")
-    if len(data) < 6:
-        raise AnalysisError(f"Kaplan's L(N, D) needs at least 6 runs (got {len(data)})")
+        raise AnalysisError("Kaplan fits need at least 3 iso-FLOP budgets with >= 2 distinct (N, D) points for the "
+                            f"frontier (got {len(best)})")
+    require_points(data.params, data.tokens, 6, "Kaplan's L(N, D)")
     frontier_loss = data.loss[best]
     alpha_n, n_c = fit_power_law(data.params[best], frontier_loss)
     alpha_d, d_c = fit_power_law(data.tokens[best], frontier_loss)
     alpha_c, c_c = fit_power_law(data.flops[best], frontier_loss)
     estimates = {"alpha_N": alpha_n, "N_c": n_c, "alpha_D": alpha_d, "D_c": d_c, "alpha_C": alpha_c, "C_c": c_c}
     estimates.update(fit_joint(data.params, data.tokens, data.loss, starts=joint_starts))
-    estimates["details"] = {"frontier_rows": best.tolist()}
+    estimates["details"] = {"frontier_rows": best.tolist(), "frontier_budgets": [float(data.budget[i]) for i in best]}
     return estimates

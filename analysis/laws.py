@@ -76,6 +76,10 @@ class ChinchillaLaw:
         c6 = np.asarray(c, dtype=float) / 6
         return self.G * c6**self.a, c6**self.b / self.G
 
+    def params_for_tokens(self, d):
+        """The compute-optimal N for a model trained on D tokens (the frontier solved for N given D)."""
+        return self.G * (np.asarray(d, dtype=float) * self.G) ** (self.beta / self.alpha)
+
     def frontier_loss(self, c):
         n_opt, d_opt = self.frontier(c)
         return self.loss(n_opt, d_opt)
@@ -102,6 +106,44 @@ def gadre_overtrain_penalty(c, m, a, b, eta):
     """Loss an M-times over-trained model gives up against the compute-optimal M* at the same C."""
     m = np.asarray(m, dtype=float)
     return (a * m**eta + b * m ** (-eta) - 2 * np.sqrt(a * b)) * np.asarray(c, dtype=float) ** (-eta)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConstrainedLaw:
+    """Muennighoff et al. 2023: L(N, D, U) = E + A/N'^α + B/D'^β with U unique tokens.
+
+    D' = U + U·R_D*·(1 - exp(-R_D/R_D*)), R_D = D/U - 1 (repetitions of the data), and
+    N' = U_N + U_N·R_N*·(1 - exp(-R_N/R_N*)), U_N = min(N, N_opt(U)), R_N = N/U_N - 1 (parameters in
+    excess of the compute-optimal size for U tokens), as in the paper's released code."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    R_D_star: float
+    R_N_star: float
+
+    @property
+    def base(self) -> ChinchillaLaw:
+        """The law without repetition (U = D, N at most compute-optimal): Hoffmann's form."""
+        return ChinchillaLaw(E=self.E, A=self.A, B=self.B, alpha=self.alpha, beta=self.beta)
+
+    def effective(self, n, d, unique):
+        """(N', D'): parameters and tokens worth as much as fresh ones."""
+        n, d, unique = (np.asarray(value, dtype=float) for value in (n, d, unique))
+        repeats = np.maximum(d / unique - 1, 0)
+        unique_params = np.minimum(n, self.base.params_for_tokens(unique))
+        excess = np.maximum(n / unique_params - 1, 0)
+        d_eff = unique * (1 + self.R_D_star * -np.expm1(-repeats / self.R_D_star))
+        n_eff = unique_params * (1 + self.R_N_star * -np.expm1(-excess / self.R_N_star))
+        return n_eff, d_eff
+
+    def loss(self, n, d, unique):
+        return self.base.loss(*self.effective(n, d, unique))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def effective_tokens(tokens, epochs, r_d_star=MUENNIGHOFF_2023_R_D_STAR):

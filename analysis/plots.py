@@ -1,22 +1,28 @@
 """The report's figures, one function each, drawn with matplotlib's Agg canvas (no pyplot, no display).
 
 Each takes the dataset and the fit results it needs (a result may be None when that fit was not
-possible) and writes one PNG, returning its path, or None when there is nothing to draw.
+possible) and writes one PNG, returning its path, or None when there is nothing to draw. A PNG is
+rendered in memory and written with `common.files.atomic_write`, so a kill or a full disk never leaves
+half a figure.
 """
 
 from __future__ import annotations
 
+import io
 import pathlib
 
 import matplotlib
+import matplotlib.cm
+import matplotlib.colors
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis import chinchilla
-from analysis.laws import ChinchillaLaw, effective_tokens, gadre_loss, kaplan_loss_c
+from analysis.laws import ChinchillaLaw, DataConstrainedLaw, effective_tokens, gadre_loss, kaplan_loss_c
 from analysis.results import FitResult
 from analysis.sources import Dataset
+from common.files import atomic_write
 
 # How far past the compute-optimal token count a run must train to be marked over-trained.
 OVERTRAINED_FACTOR = 2.0
@@ -29,14 +35,39 @@ def _figure(ncols: int = 1, width: float = 6.4) -> tuple[Figure, list]:
 
 
 def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
-    fig.savefig(path, dpi=110)
-    return path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    return atomic_write(path, png.getvalue())
+
+
+# Up to this many budgets get a legend entry each; more (digitised tables) get a colour bar of log10 C.
+MAX_LEGEND_BUDGETS = 10
+_BUDGET_CMAP = matplotlib.colors.ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0, 0.9, 256)))
+
+
+def _budget_norm(data: Dataset) -> matplotlib.colors.Normalize:
+    low, high = np.log10(data.budget.min()), np.log10(data.budget.max())
+    return matplotlib.colors.Normalize(low - 0.5, high + 0.5) if low == high else matplotlib.colors.Normalize(low, high)
 
 
 def _budget_colours(data: Dataset):
-    budgets = np.unique(data.budget)
-    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(budgets)))
-    return {budget: tuple(colour) for budget, colour in zip(budgets, colours)}
+    """Each budget's colour: its position in log10 C, so that a colour bar can stand in for the legend."""
+    norm = _budget_norm(data)
+    return {budget: tuple(_BUDGET_CMAP(norm(np.log10(budget)))) for budget in np.unique(data.budget)}
+
+
+def _budget_label(data: Dataset, budget: float) -> str | None:
+    """A legend label per budget, or None when there are too many for a legend to be read."""
+    return f"C={budget:.2g}" if len(np.unique(data.budget)) <= MAX_LEGEND_BUDGETS else None
+
+
+def _budget_key(fig: Figure, ax, data: Dataset, **legend) -> None:
+    """The legend, plus a colour bar of the budgets when they are too many to list."""
+    if len(np.unique(data.budget)) > MAX_LEGEND_BUDGETS:
+        mappable = matplotlib.cm.ScalarMappable(norm=_budget_norm(data), cmap=_BUDGET_CMAP)
+        fig.colorbar(mappable, ax=ax, label=f"log10 iso-FLOP budget C ({len(np.unique(data.budget))} budgets)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**legend)
 
 
 def _law(result: FitResult | None) -> ChinchillaLaw | None:
@@ -46,19 +77,23 @@ def _law(result: FitResult | None) -> ChinchillaLaw | None:
 
 
 def _subtitle(data: Dataset) -> str:
-    return f"params={data.conventions.params}, flops={data.conventions.flops}, loss={data.conventions.loss}"
+    return ", ".join(f"{role}: {data.conventions.label(role)}" for role in ("params", "flops", "loss"))
 
 
 def isoflop_curves(data: Dataset, approach2: FitResult | None, approach3: FitResult | None, path) -> pathlib.Path:
     """Loss against N at each budget, the approach-2 parabola through it and its minimum."""
+    return _save(isoflop_figure(data, approach2, approach3), path)
+
+
+def isoflop_figure(data: Dataset, approach2: FitResult | None, approach3: FitResult | None) -> Figure:
     fig, (ax,) = _figure()
     colours = _budget_colours(data)
     for budget, colour in colours.items():
         rows = data.budget == budget
-        ax.scatter(data.params[rows], data.loss[rows], color=colour, s=18, label=f"C={budget:.2g}")
+        ax.scatter(data.params[rows], data.loss[rows], color=colour, s=18, label=_budget_label(data, budget))
     for fit in approach2.details["budgets"] if approach2 else []:
-        colour, rows = colours[fit["budget"]], data.budget == fit["budget"]
-        log_n = np.linspace(np.log(data.params[rows]).min(), np.log(data.params[rows]).max(), 100)
+        colour = colours[fit["budget"]]
+        log_n = np.linspace(*np.log(fit["params_used"]), 100)  # the sizes its parabola was fitted to (--window)
         ax.plot(np.exp(log_n), np.polyval(fit["parabola_N"], log_n), color=colour, lw=1)
         ax.plot(fit["params_opt"], fit["loss_min"], marker="*", color=colour, ms=11, mec="black", mew=0.5)
     law = _law(approach3)
@@ -67,11 +102,11 @@ def isoflop_curves(data: Dataset, approach2: FitResult | None, approach3: FitRes
         n_opt, d_opt = law.frontier(budgets)
         ax.plot(n_opt, law.loss(n_opt, d_opt), "k--", lw=1, label="approach 3 optimum")
     ax.set_xscale("log")
-    ax.set_xlabel(f"parameters N ({data.conventions.params})")
+    ax.set_xlabel(f"parameters N ({data.conventions.label('params')})")
     ax.set_ylabel("loss")
     ax.set_title("IsoFLOP curves: parabola minima (stars)\n" + _subtitle(data), fontsize=10)
-    ax.legend(fontsize=7, ncols=2)
-    return _save(fig, path)
+    _budget_key(fig, ax, data, fontsize=7, ncols=2)
+    return fig
 
 
 def loss_vs_compute(data: Dataset, approach3: FitResult | None, kaplan: FitResult | None, path) -> pathlib.Path:
@@ -88,7 +123,7 @@ def loss_vs_compute(data: Dataset, approach3: FitResult | None, kaplan: FitResul
         ax.plot(flops, kaplan_loss_c(flops, kaplan.estimates["C_c"], kaplan.estimates["alpha_C"]), "r--", lw=1,
                 label=f"Kaplan L(C) = (C_c/C)^{kaplan.estimates['alpha_C']:.3f}")
     ax.set_xscale("log")
-    ax.set_xlabel(f"training FLOPs C ({data.conventions.flops})")
+    ax.set_xlabel(f"training FLOPs C ({data.conventions.label('flops')})")
     ax.set_ylabel("loss")
     ax.set_title("Loss against compute\n" + _subtitle(data), fontsize=10)
     ax.legend(fontsize=8)
@@ -100,13 +135,15 @@ def optimal_allocation(data: Dataset, fits: dict[str, FitResult | None], path) -
     fig, axes = _figure(ncols=2, width=5.2)
     flops = np.geomspace(data.flops.min() / 2, data.flops.max() * 4, 100)
     law = _law(fits.get("3"))
-    band = chinchilla.frontier_band(fits["3"].samples, flops) if law is not None else None
+    level = fits["3"].ci_level if law is not None else 95
+    band = chinchilla.frontier_band(fits["3"].samples, flops, level / 100) if law is not None else None
     for index, (ax, what, key) in enumerate(zip(axes, ("N_opt", "D_opt"), ("params", "tokens"))):
         if law is not None:
             ax.plot(flops, law.frontier(flops)[index], "k-", label=f"approach 3 ({'a' if index == 0 else 'b'}="
                     f"{fits['3'].estimates['a' if index == 0 else 'b']:.3f})")
             if band is not None:
-                ax.fill_between(flops, band[2 * index], band[2 * index + 1], color="grey", alpha=0.3, label="95% interval")
+                ax.fill_between(flops, band[2 * index], band[2 * index + 1], color="grey", alpha=0.3,
+                                label=f"{level:g}% interval")
         for approach, marker, colour in (("1", "o", "tab:blue"), ("2", "s", "tab:orange")):
             result = fits.get(approach)
             if result is None:
@@ -120,13 +157,13 @@ def optimal_allocation(data: Dataset, fits: dict[str, FitResult | None], path) -
                 xs = [row["flops"] for row in result.details["budgets"]]
                 ys = [row["params_opt" if index == 0 else "tokens_opt"] for row in result.details["budgets"]]
             ax.scatter(xs, ys, marker=marker, color=colour, s=22, zorder=3)
-            low, high = result.ci95.get("a" if index == 0 else "b", (np.nan, np.nan))
+            low, high = result.ci.get("a" if index == 0 else "b", (np.nan, np.nan))
             interval = "" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]"
             ax.plot(flops, scale * flops**exponent, color=colour, ls="--", lw=1,
                     label=f"approach {approach}: {exponent:.3f}{interval}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"training FLOPs C ({data.conventions.flops})")
+        ax.set_xlabel(f"training FLOPs C ({data.conventions.label('flops')})")
         ax.set_ylabel(f"{what} ({'parameters' if index == 0 else 'tokens'})")
         ax.set_title(f"{what} against compute", fontsize=10)
         ax.legend(fontsize=7)
@@ -158,7 +195,7 @@ def loss_contours(data: Dataset, approach3: FitResult, path) -> pathlib.Path:
     ax.set_yscale("log")
     ax.set_xlim(grid_n.min(), grid_n.max())
     ax.set_ylim(grid_d.min(), grid_d.max())
-    ax.set_xlabel(f"parameters N ({data.conventions.params})")
+    ax.set_xlabel(f"parameters N ({data.conventions.label('params')})")
     ax.set_ylabel("tokens D")
     ax.set_title("Fitted L(N, D): contours, compute-optimal line, iso-FLOP lines (dotted)\n" + _subtitle(data), fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
@@ -172,14 +209,14 @@ def overtraining(data: Dataset, result: FitResult, path) -> pathlib.Path:
     multipliers = np.geomspace(data.multiplier.min() / 1.5, data.multiplier.max() * 1.5, 200)
     for budget, colour in _budget_colours(data).items():
         rows = data.budget == budget
-        ax.scatter(data.multiplier[rows], data.loss[rows], color=colour, s=16, label=f"C={budget:.2g}")
+        ax.scatter(data.multiplier[rows], data.loss[rows], color=colour, s=16, label=_budget_label(data, budget))
         ax.plot(multipliers, gadre_loss(budget, multipliers, est["E"], est["a_M"], est["b_M"], est["eta"]), color=colour, lw=1)
     ax.axvline(est["M_opt"], color="black", ls="--", lw=1, label=f"M* = {est['M_opt']:.1f} tokens/param")
     ax.set_xscale("log")
     ax.set_xlabel("tokens per parameter M = D/N")
     ax.set_ylabel("loss")
     ax.set_title("Over-training at fixed compute (Gadre et al. form)\n" + _subtitle(data), fontsize=10)
-    ax.legend(fontsize=7, ncols=2)
+    _budget_key(fig, ax, data, fontsize=7, ncols=2)
     return _save(fig, path)
 
 
@@ -233,7 +270,11 @@ def data_constrained(data: Dataset, result: FitResult, path) -> pathlib.Path:
     est = result.estimates
     law = _law(result)
     epochs = np.nan_to_num(data.extra("epochs"), nan=1.0)
-    predicted = law.loss(data.params, effective_tokens(data.tokens, epochs, est["R_D_star"]))
+    if "R_N_star" in est:
+        both = DataConstrainedLaw(**law.as_dict(), R_D_star=est["R_D_star"], R_N_star=est["R_N_star"])
+        predicted = both.loss(data.params, data.tokens, data.tokens / epochs)
+    else:
+        predicted = law.loss(data.params, effective_tokens(data.tokens, epochs, est["R_D_star"]))
     naive = law.loss(data.params, data.tokens)
     points = ax.scatter(predicted, data.loss, c=epochs, cmap="plasma", s=18, label="with repeated-data decay")
     ax.scatter(naive, data.loss, facecolors="none", edgecolors="grey", s=18, label="counting repeats as fresh")

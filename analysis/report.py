@@ -2,21 +2,25 @@
 
 Writes into one directory: the PNG figures, report.md (which lists every figure), fits.json (every
 result, and why any fit was skipped) and, when approach 3 succeeded, law.json for `isoflop size --law`.
+The directory is checked before any fit and created only once one succeeded; every file is written
+with `common.files.atomic_write`.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 import json
 import math
 import pathlib
+
+import numpy as np
 
 from analysis import plots
 from analysis.errors import AnalysisError
 from analysis.fits import APPROACHES, FitOptions, run_fit
 from analysis.results import FitResult, fmt
 from analysis.sources import Dataset
+from common.files import WriteError, atomic_write
+from common.validation import output_directory
 
 TITLES = {
     "1": "Chinchilla approach 1 — minimum loss per budget",
@@ -79,14 +83,16 @@ def draw_figures(data: Dataset, fits: dict[str, FitResult], out_dir: pathlib.Pat
 
 def _headline(fits: dict[str, FitResult]) -> list[str]:
     """The exponents a and b from every approach side by side."""
-    lines = ["| approach | a (N_opt ∝ C^a) | 95% interval | b (D_opt ∝ C^b) | 95% interval |", "|---|---|---|---|---|"]
+    level = next(iter(fits.values())).ci_level if fits else 95
+    lines = [f"| approach | a (N_opt ∝ C^a) | {level:g}% interval | b (D_opt ∝ C^b) | {level:g}% interval |",
+             "|---|---|---|---|---|"]
     for approach in ("1", "2", "3"):
         if approach not in fits:
             continue
         result = fits[approach]
         cells = []
         for name in ("a", "b"):
-            low, high = result.ci95.get(name, (float("nan"), float("nan")))
+            low, high = result.ci.get(name, (float("nan"), float("nan")))
             interval = "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
             cells += [f"{result.estimates[name]:.3f}", interval]
         lines.append(f"| {approach} | " + " | ".join(cells) + " |")
@@ -99,7 +105,7 @@ def write_markdown(data: Dataset, fits, skipped, figures, options: FitOptions, c
         "",
         f"- source: `{data.source}` ({len(data)} runs)",
         f"- conventions: {data.conventions.describe()}",
-        f"- bootstrap: {options.n_resamples} resamples, seed {options.seed}; intervals are 95% percentile intervals",
+        f"- bootstrap: {options.n_resamples} resamples, seed {options.seed}; intervals are {options.ci_level:g}% percentile intervals",
         f"- reproduce: `{command}`",
         "",
         "## Data",
@@ -135,17 +141,21 @@ def write_markdown(data: Dataset, fits, skipped, figures, options: FitOptions, c
 
 
 def build_report(data: Dataset, out_dir, options: FitOptions = FitOptions(), command: str = "isoflop report") -> pathlib.Path:
+    problems = output_directory("output directory", out_dir)
+    if problems:
+        raise AnalysisError(problems[0])
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fits, skipped = run_all(data, options)
     if not fits:
         raise AnalysisError("no fit was possible: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(out_dir, err) from None
     figures = draw_figures(data, fits, out_dir)
-    (out_dir / "fits.json").write_text(json.dumps(
+    atomic_write(out_dir / "fits.json", json.dumps(
         {"fits": {approach: result.as_dict() for approach, result in fits.items()}, "skipped": skipped}, indent=2
     ))
     if "3" in fits:
-        (out_dir / "law.json").write_text(fits["3"].to_json())
-    report = out_dir / "report.md"
-    report.write_text(write_markdown(data, fits, skipped, figures, options, command))
-    return report
+        atomic_write(out_dir / "law.json", fits["3"].to_json())
+    return atomic_write(out_dir / "report.md", write_markdown(data, fits, skipped, figures, options, command))

@@ -1,8 +1,10 @@
-"""A fit's outcome — point estimates, 95% intervals, what was used and what was decided — as a table or JSON."""
+"""A fit's outcome — point estimates, intervals (95% unless --ci says otherwise), what was used and what was decided — as a table or JSON."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 
@@ -16,7 +18,7 @@ class FitResult:
     approach: str
     title: str
     estimates: dict[str, float]
-    ci95: dict[str, tuple[float, float]]
+    ci: dict[str, tuple[float, float]]  # bootstrap percentile intervals at ci_level percent
     rows: list[tuple[str, str]]  # (estimate name, what it is): the table's rows, in order
     n_points: int
     source: str
@@ -25,6 +27,10 @@ class FitResult:
     details: dict = dataclasses.field(default_factory=dict)
     extra_lines: list[str] = dataclasses.field(default_factory=list)  # e.g. approach 2's per-budget table
     samples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)  # bootstrap draws
+    options: object = dataclasses.field(default=None, repr=False)  # the FitOptions it was made with
+    ci_level: float = 95.0
+    se: dict[str, float] = dataclasses.field(default_factory=dict)  # bootstrap standard errors
+    draws: object = dataclasses.field(default=None, repr=False)  # the BootstrapResult, for --save-samples
 
     def as_dict(self) -> dict:
         return {
@@ -32,7 +38,9 @@ class FitResult:
             "law": self.title,
             **{name: _plain(value) for name, value in self.estimates.items()},
             "n_points": self.n_points,
-            "ci95": {name: [_plain(low), _plain(high)] for name, (low, high) in self.ci95.items()},
+            f"ci{self.ci_level:g}": {name: [_plain(low), _plain(high)] for name, (low, high) in self.ci.items()},
+            "ci_level": self.ci_level,
+            "se": {name: _plain(value) for name, value in self.se.items()},
             "conventions": self.conventions.as_dict(),
             "source": self.source,
             "notes": list(self.notes),
@@ -49,15 +57,37 @@ class FitResult:
             f"source: {self.source} ({self.n_points} points)",
             f"conventions: {self.conventions.describe()}",
         ]
-        width = max(len(name) for name, _ in self.rows)
-        lines.append(f"  {'name':<{width}}  {'estimate':>11}  {'95% interval':<25}  meaning")
-        for name, meaning in self.rows:
-            low, high = self.ci95.get(name, (math.nan, math.nan))
+        rows = [(name, meaning) for name, meaning in self.rows if name in self.estimates]  # b: only given D*
+        width = max(len(name) for name, _ in rows)
+        lines.append(f"  {'name':<{width}}  {'estimate':>11}  {f'{self.ci_level:g}% interval':<25}  {'std err':>10}  "
+                     "meaning")
+        for name, meaning in rows:
+            low, high = self.ci.get(name, (math.nan, math.nan))
             interval = "n/a" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"
-            lines.append(f"  {name:<{width}}  {fmt(self.estimates[name]):>11}  {interval:<25}  {meaning}")
+            se = self.se.get(name, math.nan)
+            lines.append(f"  {name:<{width}}  {fmt(self.estimates[name]):>11}  {interval:<25}  "
+                         f"{'n/a' if math.isnan(se) else fmt(se):>10}  {meaning}")
         lines += self.extra_lines
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def samples_csv(results: list[tuple[dict, FitResult]]) -> str:
+    """Every fit's bootstrap draws as CSV, one row per resample that was fitted: the group's key columns,
+    then one column per estimate (what `--save-samples` writes, for SEs and ranges without code)."""
+    drawn = [(key, result.draws.samples if result.draws is not None else {}) for key, result in results]
+    names = list(dict.fromkeys(name for _, result in results for name in result.estimates
+                               if any(name in samples for _, samples in drawn)))
+    keys = list(results[0][0])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(keys + names)
+    for key, samples in drawn:
+        count = max((len(values) for values in samples.values()), default=0)
+        for i in range(count):
+            writer.writerow([key[name] for name in keys]
+                            + [repr(float(samples[name][i])) if name in samples else "" for name in names])
+    return out.getvalue()
 
 
 def fmt(value: float) -> str:

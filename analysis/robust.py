@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
 from scipy import optimize
+
+from analysis.errors import AnalysisError
 
 HUBER_DELTA = 1e-3
 # Tight enough that the optimum does not depend on how the objective is scaled (sum vs mean): with
@@ -42,6 +45,9 @@ def single_threaded_blas():
 
 
 def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Summed by the fitter; delta = inf is least squares (½ r²)."""
+    if math.isinf(delta):
+        return 0.5 * r**2
     small = np.abs(r) <= delta
     return np.where(small, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
 
@@ -72,7 +78,8 @@ def fit_huber(
     """
     starts = np.atleast_2d(np.asarray(starts, dtype=float))
     if n_best is not None and residuals_many is not None and n_best < len(starts):
-        initial = huber(residuals_many(starts), delta).sum(axis=1)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a wild start is just screened out
+            initial = huber(residuals_many(starts), delta).sum(axis=1)
         initial = np.where(np.isfinite(initial), initial, np.inf)
         starts = starts[np.argsort(initial, kind="stable")[:n_best]]
 
@@ -93,6 +100,53 @@ def fit_huber(
     if best_theta is None:
         raise FloatingPointError("no start gave a finite objective")
     return HuberFit(theta=best_theta, objective=best_value / scale, n_starts=len(starts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a law is fitted by: the residuals of L or of log L, summed through Huber(delta) (inf: squares)."""
+
+    name: str
+    on_loss: bool
+    delta: float
+    description: str
+
+
+OBJECTIVES = {
+    "huber-log": Objective("huber-log", False, HUBER_DELTA, "summed Huber (delta=1e-3) on log L"),
+    "lsq": Objective("lsq", True, math.inf, "least squares on L"),
+    "huber": Objective("huber", True, HUBER_DELTA, "summed Huber (delta=1e-3) on L"),
+}
+
+
+def objective_named(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise AnalysisError(f"--objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def fit_log_model(
+    residuals: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    log_target: np.ndarray,
+    starts: np.ndarray,
+    objective: Objective = OBJECTIVES["huber-log"],
+    residuals_many: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_best: int | None = None,
+    scale: float = 1.0,
+) -> HuberFit:
+    """Fit a model written in log space (residuals log L̂ - log L) under `objective`; for one on L the
+    residuals become L̂ - L and the Jacobian L̂·J."""
+    if not objective.on_loss:
+        return fit_huber(residuals, starts, objective.delta, scale, residuals_many, n_best)
+    target = np.exp(log_target)
+
+    def on_loss(theta):
+        r, jac = residuals(theta)
+        predicted = np.exp(r + log_target)
+        return predicted - target, predicted[:, None] * jac
+
+    many = None if residuals_many is None else (lambda thetas: np.exp(residuals_many(thetas) + log_target) - target)
+    return fit_huber(on_loss, starts, objective.delta, scale, many, n_best)
 
 
 def grid(*axes) -> np.ndarray:

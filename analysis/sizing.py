@@ -4,6 +4,10 @@ served over the model's lifetime, the (N, D) minimising total FLOPs 6·N·D + 2�
 On the constraint L(N, D) = target, D is a function of N, D(N) = (B / (target - E - A/N^α))^(1/β), which
 exists for N above N_min = (A / (target - E))^(1/α); the total is minimised over log N. With D_inf = 0
 this is the Chinchilla-optimal model for that loss (the frontier of approach 3).
+
+A target is sized only where the law describes real models: above E (below it no model reaches it) and
+below E + min(A, B), so that N_min > 1 and every D(N) > 1 (above it the "optimal" model would have under
+one parameter or train on under one token, as 1e308 or a 1e-5-FLOP budget would ask).
 """
 
 from __future__ import annotations
@@ -80,12 +84,30 @@ def tokens_for_loss(law: ChinchillaLaw, params, target_loss: float):
         return np.where(room > 0, (law.B / room) ** (1 / law.beta), np.inf)
 
 
+def compute_optimal_tokens(law: ChinchillaLaw, params: float) -> float:
+    """D of the compute-optimal model with N parameters: where N = N_opt(C), C = 6·N·D."""
+    c6 = (params / law.G) ** (1 / law.a)
+    return float(c6 / params)
+
+
+def check_target(law: ChinchillaLaw, target_loss: float, origin: str = "") -> None:
+    """Refuse a target the law cannot size (module docstring): one line saying which side it falls off."""
+    ceiling = law.E + min(law.A, law.B)
+    what = f"target loss {target_loss:.6g}{origin}"
+    if not target_loss > law.E:  # also NaN
+        raise AnalysisError(f"{what} is unreachable: not above the law's irreducible loss "
+                            f"E = {law.E:.6g}; choose a target between {law.E:.4g} and {ceiling:.4g}")
+    if not target_loss < ceiling:
+        raise AnalysisError(f"{what} is not below E + min(A, B) = {ceiling:.4g}, where the law would "
+                            f"size models of under one parameter or one token; choose a target between {law.E:.4g} "
+                            f"and {ceiling:.4g}")
+
+
 def cheapest_plan(law: ChinchillaLaw, target_loss: float, inference_tokens: float) -> Plan:
     """Minimise 6·N·D(N) + 2·N·D_inf over N on the curve L(N, D) = target."""
-    if not target_loss > law.E:
-        raise AnalysisError(f"target loss {target_loss:g} is not above the law's irreducible loss E = {law.E:.4g}")
-    if inference_tokens < 0:
-        raise AnalysisError(f"--inference-tokens must be >= 0 (got {inference_tokens:g})")
+    check_target(law, target_loss)
+    if not 0 <= inference_tokens < math.inf:
+        raise AnalysisError(f"--inference-tokens must be a finite number >= 0 (got {inference_tokens:g})")
     log_n_min = math.log(law.A / (target_loss - law.E)) / law.alpha
 
     def log_total_flops(log_n):
@@ -112,11 +134,17 @@ def size(law: ChinchillaLaw, inference_tokens: float, target_loss: float | None 
     if (target_loss is None) == (budget_flops is None):
         raise AnalysisError("give exactly one of --target-loss or --budget")
     if budget_flops is not None:
-        if not budget_flops > 0:
-            raise AnalysisError(f"--budget must be positive (got {budget_flops:g})")
+        if not 0 < budget_flops < math.inf:
+            raise AnalysisError(f"--budget must be a finite number > 0 (got {budget_flops:g})")
         target_loss = float(law.frontier_loss(budget_flops))
-    return Sizing(
+        check_target(law, target_loss, f" (the Chinchilla-optimal loss at --budget {budget_flops:g})")
+    result = Sizing(
         target_loss=target_loss, inference_tokens=inference_tokens,
         chinchilla=dataclasses.replace(cheapest_plan(law, target_loss, 0.0), inference_tokens=inference_tokens),
         inference_optimal=cheapest_plan(law, target_loss, inference_tokens),
     )
+    if not all(math.isfinite(value) for plan in (result.chinchilla, result.inference_optimal)
+               for value in plan.as_dict().values()):
+        raise AnalysisError(f"sizing target loss {target_loss:g} with {inference_tokens:g} inference tokens overflows "
+                            "the float range (over 1.8e308 FLOPs); choose fewer inference tokens or a higher target")
+    return result

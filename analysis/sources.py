@@ -1,4 +1,4 @@
-"""Reading what the fits consume: run directories (DESIGN §3) or a CSV of published results.
+"""Reading what the fits consume: run directories (docs/CONTRACTS.md) or a CSV of published results.
 
 Both become a `Dataset`: one row per run with params N, tokens D, training FLOPs C and a loss, plus the
 iso-FLOP budget each row belongs to and optional per-run columns (epochs, MFU, energy, ...). Which
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -19,9 +19,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from analysis.errors import AnalysisError
+from common import fit_points
+from common.validation import suggest
+from common.vocabulary import FLOP_COUNTS, PARAM_KINDS
+from common.run_contract import SUMMARY_FILE, ContractError, RunSummary, read_metrics, read_summary
 
-PARAMS_CONVENTIONS = ("non_embedding", "total", "active")
-FLOPS_CONVENTIONS = ("6N", "6N_attn", "chinchilla", "compiled")
+PARAMS_CONVENTIONS = PARAM_KINDS
+FLOPS_CONVENTIONS = FLOP_COUNTS
 LOSS_CHOICES = ("eval", "train")
 CSV_ROLES = ("params", "tokens", "flops", "loss")
 # Optional per-run numbers read from summary.json (and from CSV columns of the same name).
@@ -34,22 +38,38 @@ DEFAULT_BUDGET_RTOL = 0.05
 
 @dataclasses.dataclass(frozen=True)
 class Conventions:
-    """Which counts the fits use; `columns` is set for a CSV (role -> column name)."""
+    """Which counts the fits use; `columns` is set for a CSV (role -> column name).
+
+    A CSV holds whatever counts its columns hold: a convention the user did not name (`named`) is
+    described as "as given in column X", never as the run-directory default it has no evidence for."""
 
     params: str = "non_embedding"
     flops: str = "6N"
     loss: str = "eval"
     columns: Mapping[str, str] | None = None
+    named: frozenset[str] = frozenset({"params", "flops", "loss"})
+
+    def label(self, role: str) -> str:
+        """How the `role` ('params', 'flops' or 'loss') of every row was counted."""
+        if self.columns is None or role in self.named:
+            return getattr(self, role)
+        if role in self.columns:
+            return f"as given in column '{self.columns[role]}'"
+        if role == "flops":
+            return "C = 6·N·D of the CSV's columns"
+        return "not in the CSV"  # a table of optima without losses
 
     def describe(self) -> str:
-        text = f"params={self.params}, flops={self.flops}, loss={self.loss}"
+        parts = [f"{role}={self.label(role)}" if role in self.named or self.columns is None
+                 else f"{role} {self.label(role)}" for role in ("params", "flops", "loss")]
+        text = ", ".join(parts)
         if self.columns is not None:
             cols = ", ".join(f"{role}='{name}'" for role, name in self.columns.items())
-            text += f" (CSV columns: {cols}; the CSV's own counting is taken as given)"
+            text += f" (CSV columns: {cols})"
         return text
 
     def as_dict(self) -> dict:
-        out = {"params": self.params, "flops": self.flops, "loss": self.loss}
+        out = {role: self.label(role) for role in ("params", "flops", "loss")}
         if self.columns is not None:
             out["csv_columns"] = dict(self.columns)
         return out
@@ -62,7 +82,7 @@ def check_conventions(conventions: Conventions) -> None:
         ("--loss", conventions.loss, LOSS_CHOICES),
     ):
         if value not in allowed:
-            raise AnalysisError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+            raise AnalysisError(f"{name} {value!r} is not one of {', '.join(allowed)}{suggest(value, allowed)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +100,10 @@ class Dataset:
     extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     notes: tuple[str, ...] = ()
     curves: Mapping[str, Mapping[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # A CSV's every column as text (for --where, --group-by, --sigma-col), and the tolerance its rows were
+    # grouped into budgets with: a selection of rows is regrouped with it (None: budgets come from the runs).
+    cells: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    budget_rtol: float | None = None
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -96,6 +120,7 @@ class Dataset:
             params=self.params[index], tokens=self.tokens[index], flops=self.flops[index],
             loss=self.loss[index], budget=self.budget[index], run_ids=self.run_ids[index],
             extras={key: values[index] for key, values in self.extras.items()},
+            cells={key: values[index] for key, values in self.cells.items()},
         )
 
     def with_note(self, note: str) -> Dataset:
@@ -115,36 +140,40 @@ class Dataset:
 
 
 def load_runs(root: str | pathlib.Path, conventions: Conventions, with_curves: bool = False) -> Dataset:
-    """Every `summary.json` under `root` (any depth); only completed runs are kept, the rest counted."""
+    """Every run directory under `root` (any depth) with a summary.json, read through the run contract
+    (common.run_contract); only completed runs are kept, the rest counted."""
     check_conventions(conventions)
     root = pathlib.Path(root)
-    paths = sorted(root.rglob("summary.json"))
-    if not paths:
-        raise AnalysisError(f"no summary.json found under {root}")
+    run_dirs = [path.parent for path in sorted(root.rglob(SUMMARY_FILE))]
+    if not run_dirs:
+        raise AnalysisError(f"no {SUMMARY_FILE} found under {root}")
     rows, skipped = [], {}
-    for path in paths:
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise AnalysisError(f"{path}: unreadable summary.json ({err})") from None
-        status = summary.get("status", "missing")
-        if status != "completed":
-            skipped[status] = skipped.get(status, 0) + 1
+    for run_dir in run_dirs:
+        summary = _contract(read_summary, run_dir)
+        if summary.status != "completed":
+            skipped[summary.status] = skipped.get(summary.status, 0) + 1
             continue
-        rows.append((path, summary))
+        rows.append((run_dir, summary))
+    # Not fit points (common/fit_points.py): WSD stable runs, and the losing rates of each lr sweep.
+    verdicts = fit_points.verdicts([summary for _, summary in rows])
+    not_points = [f"{summary.run_id} ({verdict.reason})" for (_, summary), verdict in zip(rows, verdicts)
+                  if not verdict.selected]
+    rows = [row for row, verdict in zip(rows, verdicts) if verdict.selected]
     skipped_text = ", ".join(f"{count} {status}" for status, count in sorted(skipped.items()))
     if not rows:
-        raise AnalysisError(f"no completed runs under {root} (skipped: {skipped_text})")
+        raise AnalysisError(f"no completed runs under {root} (skipped: {skipped_text or 'none'}; not fit points: "
+                            f"{len(not_points)})")
 
-    loss_key = f"final_{conventions.loss}_loss"
-    records = [_run_record(path, summary, conventions, loss_key) for path, summary in rows]
+    records = [_run_record(run_dir, summary, conventions) for run_dir, summary in rows]
     notes = [f"read {len(records)} completed runs from {root}"]
     if len({record["run_id"] for record in records}) < len(records):
-        for (path, _), record in zip(rows, records):
-            record["run_id"] = path.parent.relative_to(root).as_posix()
+        for (run_dir, _), record in zip(rows, records):
+            record["run_id"] = run_dir.relative_to(root).as_posix()
         notes.append("run_ids repeat across experiments: runs are named by their directory under the source")
     if skipped:
         notes.append(f"skipped {sum(skipped.values())} runs that are not completed ({skipped_text})")
+    if not_points:
+        notes.append(f"left out {len(not_points)} completed runs that are not fit points: {'; '.join(not_points)}")
     derived = sum(record["flops_derived"] for record in records)
     if derived:
         notes.append(
@@ -153,11 +182,19 @@ def load_runs(root: str | pathlib.Path, conventions: Conventions, with_curves: b
         )
     curves = {}
     if with_curves:
-        for (path, _), record in zip(rows, records):
-            curve = read_metrics(path.parent / "metrics.jsonl")
+        for (run_dir, _), record in zip(rows, records):
+            curve = learning_curve(run_dir)
             if curve:
                 curves[record["run_id"]] = curve
     return _dataset_from_records(str(root), conventions, records, notes, curves)
+
+
+def _contract(read, run_dir: pathlib.Path):
+    """A contract reader's result; its one-line ContractError becomes analysis's one-line error."""
+    try:
+        return read(run_dir)
+    except ContractError as err:
+        raise AnalysisError(str(err)) from None
 
 
 def _positive(value, what: str) -> float:
@@ -172,68 +209,59 @@ def _positive(value, what: str) -> float:
     return number
 
 
-def _run_record(path: pathlib.Path, summary: dict, conventions: Conventions, loss_key: str) -> dict:
-    where = str(path)
-
-    def need(key):
-        if key not in summary or summary[key] is None:
-            hint = " (use --loss train if the runs have no eval)" if key == loss_key else ""
-            raise AnalysisError(f"{where}: missing '{key}'{hint}")
-        return summary[key]
-
-    params = need("params")
-    if not isinstance(params, Mapping) or params.get(conventions.params) is None:
-        raise AnalysisError(f"{where}: missing params['{conventions.params}']")
-    tokens = _positive(need("tokens"), f"{where}: tokens")
-    spent = summary.get("flops") if isinstance(summary.get("flops"), Mapping) else {}
-    flops_derived = spent.get(conventions.flops) is None
+def _run_record(run_dir: pathlib.Path, summary: RunSummary, conventions: Conventions) -> dict:
+    """The numbers a fit takes from one run, under `conventions`; a missing or non-positive one is an error."""
+    where = str(run_dir / SUMMARY_FILE)
+    loss_key = f"final_{conventions.loss}_loss"
+    if getattr(summary, loss_key) is None:
+        hint = " (use --loss train if the runs have no eval)" if conventions.loss == "eval" else ""
+        raise AnalysisError(f"{where}: missing '{loss_key}'{hint}")
+    tokens = _positive(summary.tokens, f"{where}: tokens")
+    flops_derived = summary.flops.get(conventions.flops) is None
     if flops_derived:
-        per_token = summary.get("flops_per_token") or {}
-        if per_token.get(conventions.flops) is None:
+        per_token = summary.flops_per_token.get(conventions.flops)
+        if per_token is None:
             raise AnalysisError(f"{where}: missing flops['{conventions.flops}'] and flops_per_token['{conventions.flops}']")
-        flops = _positive(per_token[conventions.flops], f"{where}: flops_per_token['{conventions.flops}']") * tokens
+        flops = _positive(per_token, f"{where}: flops_per_token['{conventions.flops}']") * tokens
     else:
-        flops = _positive(spent[conventions.flops], f"{where}: flops['{conventions.flops}']")
+        flops = _positive(summary.flops[conventions.flops], f"{where}: flops['{conventions.flops}']")
     record = {
-        "run_id": str(summary.get("run_id") or path.parent.name),
-        "params": _positive(params[conventions.params], f"{where}: params['{conventions.params}']"),
+        "run_id": summary.run_id,
+        "params": _positive(getattr(summary.params, conventions.params), f"{where}: params['{conventions.params}']"),
         "tokens": tokens,
         "flops": flops,
-        "loss": _positive(need(loss_key), f"{where}: {loss_key}"),
-        "budget": summary.get("budget_flops"),
+        "loss": _positive(getattr(summary, loss_key), f"{where}: {loss_key}"),
+        "budget": _positive(summary.budget_flops, f"{where}: budget_flops"),
         "flops_derived": flops_derived,
     }
     for key in EXTRA_NUMBERS:
-        value = summary.get(key)
-        record[key] = float(value) if isinstance(value, (int, float)) else math.nan
-    record["energy_source"] = str(summary.get("energy_source") or "")
+        value = getattr(summary, key)
+        record[key] = math.nan if value is None else float(value)
+    record["energy_source"] = summary.energy_source or ""
     return record
 
 
-def read_metrics(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """A learning curve from metrics.jsonl: arrays keyed like the logged fields; {} when absent."""
-    if not path.exists():
-        return {}
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keys = {key for line in lines for key in line if isinstance(line[key], (int, float))}
-    return {key: np.array([line.get(key, math.nan) for line in lines], dtype=float) for key in sorted(keys)}
+def learning_curve(run_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """A run's metrics.jsonl as columns: one array per numeric logged field, NaN where a row lacks it;
+    {} when the run has none."""
+    rows = _contract(read_metrics, run_dir)
+    keys = {key for row in rows for key, value in row.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {key: np.array([_number(row.get(key)) for row in rows], dtype=float) for key in sorted(keys)}
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def _dataset_from_records(source, conventions, records, notes, curves) -> Dataset:
     column = lambda key: np.array([record[key] for record in records], dtype=float)
-    flops = column("flops")
-    budgets = [record["budget"] for record in records]
-    if all(isinstance(value, (int, float)) and value > 0 for value in budgets):
-        budget = np.array(budgets, dtype=float)
-    else:
-        budget = cluster_budgets(flops)
-        notes.append(f"runs without budget_flops: grouped into iso-FLOP budgets by flops within {DEFAULT_BUDGET_RTOL:.0%}")
     extras = {key: column(key) for key in EXTRA_NUMBERS}
     extras["energy_source"] = np.array([record["energy_source"] for record in records], dtype=object)
     return Dataset(
         source=source, conventions=conventions,
-        params=column("params"), tokens=column("tokens"), flops=flops, loss=column("loss"), budget=budget,
-        run_ids=np.array([record["run_id"] for record in records], dtype=object),
+        params=column("params"), tokens=column("tokens"), flops=column("flops"), loss=column("loss"),
+        budget=column("budget"), run_ids=np.array([record["run_id"] for record in records], dtype=object),
         extras=extras, notes=tuple(notes), curves=curves,
     )
 
@@ -246,67 +274,39 @@ def load_csv(
     conventions: Conventions,
     columns: Mapping[str, str | None] | None = None,
     budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    skip_blank: bool = False,
+    need_loss: bool = True,
 ) -> Dataset:
     """A CSV with a loss column and any two of params / tokens / flops; the third is derived with C = 6ND.
 
     `columns` maps a role (params, tokens, flops, loss) to a column name; a role named explicitly must be
-    present, a role left at its default name may be absent (and is then derived).
+    present, a role left at its default name may be absent (and is then derived). Every cell of a role
+    column must be a finite positive number; a bad one is one error naming its line and column, except
+    that `skip_blank` leaves out rows with an empty role cell (listed in the notes). Without `need_loss`
+    (a table of optima) the loss column may be absent, and the losses are then NaN.
     """
     check_conventions(conventions)
     path = pathlib.Path(path)
-    columns = columns or {}
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in (reader.fieldnames or [])]
-            rows = [{(key or "").strip(): value for key, value in row.items()} for row in reader]
-    except OSError as err:
-        raise AnalysisError(f"cannot read {path}: {err.strerror}") from None
-    if not header or not rows:
-        raise AnalysisError(f"{path}: no rows")
-
-    names = {}
-    for role in CSV_ROLES:
-        explicit = columns.get(role)
-        name = explicit or role
-        if name in header:
-            names[role] = name
-        elif explicit or role == "loss":
-            raise AnalysisError(f"{path}: no column '{name}' for {role} (columns: {', '.join(header)})")
-    present = [role for role in ("params", "tokens", "flops") if role in names]
-    if len(present) < 2:
-        raise AnalysisError(
-            f"{path}: need two of params/tokens/flops columns, found {', '.join(present) or 'none'} "
-            f"(columns: {', '.join(header)}; map others with --params-col/--tokens-col/--flops-col)"
-        )
-
-    def numbers(name: str, positive: bool = True) -> np.ndarray:
-        values = []
-        for line, row in enumerate(rows, start=2):
-            text = (row.get(name) or "").strip()
-            if not positive:
-                try:
-                    values.append(float(text) if text else math.nan)
-                except ValueError:
-                    values.append(math.nan)
-                continue
-            values.append(_positive(text, f"{path} line {line}: column '{name}'"))
-        return np.array(values, dtype=float)
-
-    data = {role: numbers(name) for role, name in names.items()}
-    notes = [f"read {len(rows)} rows from {path}"]
-    if "flops" not in data:
-        data["flops"] = 6 * data["params"] * data["tokens"]
-        notes.append("flops derived as C = 6·N·D (no flops column)")
-    if "tokens" not in data:
-        data["tokens"] = data["flops"] / (6 * data["params"])
-        notes.append("tokens derived as D = C / (6·N) (no tokens column)")
-    if "params" not in data:
-        data["params"] = data["flops"] / (6 * data["tokens"])
-        notes.append("params derived as N = C / (6·D) (no params column)")
+    header, rows = _read_table(path)
+    names = _role_columns(path, header, columns or {}, need_loss)
+    rows, blank_note = _blank_rows(path, rows, names, skip_blank)
+    data = {
+        role: np.array([_positive(row.get(name, ""), f"{path} line {line}: column '{name}'") for line, row in rows])
+        for role, name in names.items()
+    }
+    if "loss" not in names:
+        data["loss"] = np.full(len(rows), np.nan)
+    with np.errstate(over="ignore", under="ignore"):  # an out-of-range result is refused just below
+        notes = [f"read {len(rows)} rows from {path}"] + blank_note + _derive_third(data)
+    for role in ("params", "tokens", "flops"):
+        bad = np.flatnonzero(~(np.isfinite(data[role]) & (data[role] > 0)))
+        if len(bad):  # only a derived column can be: the given ones were checked cell by cell
+            raise AnalysisError(f"{path} line {rows[bad[0]][0]}: derived {role} {data[role][bad[0]]:g} is out of "
+                                "range (C = 6·N·D of the other two columns under- or overflows)")
     run_column = next((name for name in ("run_id", "name", "model") if name in header), None)
-    run_ids = [row[run_column] for row in rows] if run_column else [f"row{line}" for line in range(2, len(rows) + 2)]
-    extras = {key: numbers(key, positive=False) for key in EXTRA_NUMBERS if key in header}
+    run_ids = [(row.get(run_column) if run_column else "") or f"row{line}" for line, row in rows]
+    extras = {key: np.array([_optional_number(row.get(key, "")) for _, row in rows]) for key in EXTRA_NUMBERS
+              if key in header}
     conventions = dataclasses.replace(conventions, columns={role: names[role] for role in CSV_ROLES if role in names})
     notes.append(f"grouped rows into iso-FLOP budgets by flops within {budget_rtol:.0%}")
     return Dataset(
@@ -314,7 +314,105 @@ def load_csv(
         params=data["params"], tokens=data["tokens"], flops=data["flops"], loss=data["loss"],
         budget=cluster_budgets(data["flops"], budget_rtol),
         run_ids=np.array(run_ids, dtype=object), extras=extras, notes=tuple(notes),
+        cells={name: np.array([row.get(name, "") for _, row in rows], dtype=object) for name in header if name},
+        budget_rtol=budget_rtol,
     )
+
+
+def _blank_rows(path, rows, names: Mapping[str, str], skip_blank: bool):
+    """(rows kept, notes): a row with an empty role cell is an error naming it, or with `skip_blank` left out."""
+    blank = [(line, name) for line, row in rows for name in names.values() if not row.get(name, "")]
+    if not blank:
+        return rows, []
+    if not skip_blank:
+        line, name = blank[0]
+        raise AnalysisError(f"{path} line {line}: column '{name}' is empty (leave such rows out with --skip-blank)")
+    lines = sorted({line for line, _ in blank})
+    kept = [(line, row) for line, row in rows if line not in set(lines)]
+    if not kept:
+        raise AnalysisError(f"{path}: every row has an empty cell in {', '.join(sorted(set(names.values())))}")
+    return kept, [f"--skip-blank: left out {len(lines)} rows with an empty cell (lines {', '.join(map(str, lines))})"]
+
+
+def _read_table(path: pathlib.Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV's header and its (line number, {column: cell}) rows, blank lines skipped.
+
+    An unreadable, binary, non-UTF-8, empty, header-only, ragged or ambiguous (repeated column name) file
+    is one error naming the file and, where there is one, the line: never a guess at what was meant.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not a column name
+    except OSError as err:
+        raise AnalysisError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise AnalysisError(f"{path}: not UTF-8 text (byte {err.start}); expected a CSV") from None
+    if "\x00" in text:
+        raise AnalysisError(f"{path}: contains NUL bytes (a binary file?); expected a CSV")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        records = [(reader.line_num, record) for record in reader if any(cell.strip() for cell in record)]
+    except csv.Error as err:
+        raise AnalysisError(f"{path} line {reader.line_num}: not valid CSV ({err})") from None
+    if not records:
+        raise AnalysisError(f"{path}: empty (expected a header line of column names, then one row per run)")
+    header = [name.strip() for name in records[0][1]]
+    first_seen = {}
+    for index, name in enumerate(header, start=1):
+        if name in first_seen and name:
+            raise AnalysisError(f"{path}: column '{name}' appears twice in the header (columns {first_seen[name]} "
+                                f"and {index}); rename one")
+        first_seen.setdefault(name, index)
+    if len(records) == 1:
+        raise AnalysisError(f"{path}: a header but no rows")
+    rows = []
+    for line, record in records[1:]:
+        if any(cell.strip() for cell in record[len(header):]):
+            raise AnalysisError(f"{path} line {line}: {len(record)} fields but the header names {len(header)} columns")
+        rows.append((line, {name: cell.strip() for name, cell in zip(header, record)}))
+    return header, rows
+
+
+def _role_columns(path: pathlib.Path, header: list[str], columns: Mapping[str, str | None],
+                  need_loss: bool = True) -> dict[str, str]:
+    """Role -> column name: the loss (if `need_loss`) and at least two of params/tokens/flops must be there."""
+    names = {}
+    for role in CSV_ROLES:
+        explicit = columns.get(role)
+        name = explicit or role
+        if name in header:
+            names[role] = name
+        elif explicit or (role == "loss" and need_loss):
+            raise AnalysisError(f"{path}: no column '{name}' for {role} (columns: {', '.join(header)})")
+    present = [role for role in ("params", "tokens", "flops") if role in names]
+    if len(present) < 2:
+        raise AnalysisError(
+            f"{path}: need two of params/tokens/flops columns, found {', '.join(present) or 'none'} "
+            f"(columns: {', '.join(header)}; map others with --params-col/--tokens-col/--flops-col)"
+        )
+    return names
+
+
+def _derive_third(data: dict[str, np.ndarray]) -> list[str]:
+    """Fill in whichever of params/tokens/flops is missing with C = 6·N·D; the notes say which."""
+    if "flops" not in data:
+        data["flops"] = 6 * data["params"] * data["tokens"]
+        return ["flops derived as C = 6·N·D (no flops column)"]
+    if "tokens" not in data:
+        data["tokens"] = data["flops"] / (6 * data["params"])
+        return ["tokens derived as D = C / (6·N) (no tokens column)"]
+    if "params" not in data:
+        data["params"] = data["flops"] / (6 * data["tokens"])
+        return ["params derived as N = C / (6·D) (no params column)"]
+    return []
+
+
+def _optional_number(text: str) -> float:
+    """An optional per-run column's cell (epochs, MFU, ...): NaN when empty, not a number, or not finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan
+    return value if math.isfinite(value) else math.nan
 
 
 def cluster_budgets(flops: np.ndarray, rtol: float = DEFAULT_BUDGET_RTOL) -> np.ndarray:
@@ -322,6 +420,8 @@ def cluster_budgets(flops: np.ndarray, rtol: float = DEFAULT_BUDGET_RTOL) -> np.
 
     The label is the geometric mean of the group, so rows of one budget share it exactly.
     """
+    if not 0 < rtol < math.inf:
+        raise AnalysisError(f"--budget-rtol must be a finite number > 0 (got {rtol})")
     log_flops = np.log(flops)
     order = np.argsort(log_flops)
     breaks = np.diff(log_flops[order]) > math.log1p(rtol)
@@ -342,14 +442,18 @@ def load_source(
     columns: Mapping[str, str | None] | None = None,
     with_curves: bool = False,
     budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    skip_blank: bool = False,
+    need_loss: bool = True,
 ) -> Dataset:
-    """A run-directory root or a CSV file, whichever `source` is."""
+    """A run-directory root or a CSV file, whichever `source` is (`skip_blank`, `need_loss`: CSV only)."""
     path = pathlib.Path(source)
+    if "\x00" in str(source):
+        raise AnalysisError(f"{str(source)!r}: a path cannot contain a NUL byte")
     if not path.exists():
         raise AnalysisError(f"{source}: no such file or directory")
     if path.is_dir():
         return load_runs(path, conventions, with_curves=with_curves)
-    return load_csv(path, conventions, columns, budget_rtol)
+    return load_csv(path, conventions, columns, budget_rtol, skip_blank=skip_blank, need_loss=need_loss)
 
 
 def exclude_outliers(

@@ -1,15 +1,17 @@
 """Data from a known law, for the recovery tests and the worked example: iso-FLOP grids of (N, D, C, loss)
-with multiplicative noise, written as a CSV or as run directories that follow DESIGN §3."""
+with multiplicative noise, written as a CSV or as run directories through the run contract (docs/CONTRACTS.md)."""
 
 from __future__ import annotations
 
 import csv
-import json
 import pathlib
+import platform
 
 import numpy as np
 
 from analysis.laws import ChinchillaLaw
+from common.files import atomic_write
+from common.run_contract import METRICS_FILE, Hardware, ParamCounts, RunSummary, metrics_line, metrics_record, write_summary
 
 
 def isoflop_grid(law: ChinchillaLaw, budgets, sizes_per_budget: int = 9, span_decades: float = 1.2):
@@ -39,43 +41,62 @@ def write_csv(path: str | pathlib.Path, columns: dict[str, np.ndarray]) -> pathl
     return path
 
 
-def write_run_dirs(root, params, tokens, loss, budget=None, epochs=None, status=None, curves: bool = True):
-    """One `runs/<experiment>/<run_id>/` per row with a summary.json (and a short metrics.jsonl).
+SYNTHETIC_SEQ_LEN, SYNTHETIC_BATCH = 1024, 32
+SYNTHETIC_FLOPS_PER_SECOND, SYNTHETIC_WATTS = 2e11, 200.0
+
+
+def run_summary(run_id: str, params: float, tokens: float, loss: float, budget_flops: float, *,
+                epochs: float = 1.0, status: str = "completed", mfu: float = 0.3) -> RunSummary:
+    """A contract RunSummary for a made-up run of `params` non-embedding parameters on `tokens` tokens.
 
     FLOP conventions are filled in so that they differ, as they do for real runs: 6N = 6·N·D,
-    6N_attn and chinchilla slightly more, compiled a little more again.
+    6N_attn and chinchilla slightly more, compiled a little more again. Time and energy follow from a
+    2e11 FLOP/s, 200 W device.
     """
+    n, d = round(params), round(tokens)
+    per_token = {"6N": 6.0 * n, "6N_attn": 6.0 * n * 1.04, "chinchilla": 6.0 * n * 1.07, "compiled": 6.0 * n * 1.09}
+    seconds = 6 * n * d / SYNTHETIC_FLOPS_PER_SECOND
+    energy_kwh = seconds * SYNTHETIC_WATTS / 1000 / 3600
+    steps = max(1, round(d / (SYNTHETIC_SEQ_LEN * SYNTHETIC_BATCH)))
+    return RunSummary(
+        run_id=run_id, experiment="synthetic", status=status,
+        error=None if status == "completed" else "synthetic failure",
+        d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=1024, vocab_size=32000,
+        seq_len=SYNTHETIC_SEQ_LEN, batch_size=SYNTHETIC_BATCH, attention="mha", window=None, ffn="swiglu",
+        precision="bf16_mixed",
+        params=ParamCounts(total=round(n * 1.2), embedding=round(n * 1.2) - n, non_embedding=n, active=round(n * 1.2)),
+        flops_per_token=per_token, mfu_flops_per_token=6.0 * n * 1.03,
+        budget_convention="6N", budget_flops=float(budget_flops), steps=steps, planned_steps=steps,
+        tokens=d, flops={name: value * d for name, value in per_token.items()},
+        unique_tokens=round(d / epochs), epochs=float(epochs), data={"source": "synthetic"},
+        planned_epochs=float(epochs), final_train_loss=float(loss) * 0.98, final_eval_loss=float(loss),
+        wall_seconds=seconds, tokens_per_second=SYNTHETIC_FLOPS_PER_SECOND / (6 * n), mfu=float(mfu),
+        peak_memory_bytes=n * 16, energy_kwh=energy_kwh, energy_source="estimated (TDP x time)",
+        co2e_kg=energy_kwh * 0.4,
+        hardware=Hardware(platform="cpu", device_kind="cpu", accelerator=None, count=1, compute_dtype="bf16",
+                          peak_flops_per_second=2.2e11, peak_flops_source="synthetic", tdp_watts=SYNTHETIC_WATTS,
+                          tdp_scope="host", tdp_source="synthetic"),
+        software={"python": platform.python_version()},
+    )
+
+
+def write_run_dirs(root, params, tokens, loss, budget=None, epochs=None, status=None, curves: bool = True):
+    """One `<root>/run<i>/` per row, written through the run contract (summary.json, and a short
+    metrics.jsonl), so synthetic run directories are read exactly like real ones."""
     root = pathlib.Path(root)
     rng = np.random.default_rng(0)
     for i, (n, d, value) in enumerate(zip(params, tokens, loss)):
-        per_token = {"6N": 6 * n, "6N_attn": 6 * n * 1.04, "chinchilla": 6 * n * 1.07, "compiled": 6 * n * 1.09}
-        run_epochs = 1.0 if epochs is None else float(epochs[i])
-        summary = {
-            "run_id": f"run{i:03d}", "status": "completed" if status is None else status[i],
-            "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "d_ff": 1024,
-            "attention": "mha", "ffn": "swiglu",
-            "params": {"total": n * 1.2, "non_embedding": n, "embedding": n * 0.2, "active": n},
-            "flops_per_token": per_token,
-            "budget_flops": float(6 * n * d if budget is None else budget[i]),
-            "tokens": float(d),
-            "flops": {name: value_per_token * d for name, value_per_token in per_token.items()},
-            "final_train_loss": float(value) * 0.98, "final_eval_loss": float(value),
-            "wall_seconds": 6 * n * d / 2e11, "tokens_per_second": 2e11 / (6 * n),
-            "mfu": float(rng.uniform(0.2, 0.45)), "peak_memory_bytes": int(n * 16),
-            "energy_kwh": 6 * n * d / 2e11 * 0.2 / 3600, "energy_source": "estimated (TDP x time)",
-            "co2e_kg": 6 * n * d / 2e11 * 0.2 / 3600 * 0.4,
-            "epochs": run_epochs, "unique_tokens": float(d) / run_epochs,
-            "hardware": {"device_kind": "cpu", "device_count": 1, "peak_flops_per_second": 2.2e11},
-        }
         run_dir = root / f"run{i:03d}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "summary.json").write_text(json.dumps(summary))
+        summary = run_summary(
+            f"run{i:03d}", n, d, value, 6 * n * d if budget is None else budget[i],
+            epochs=1.0 if epochs is None else float(epochs[i]),
+            status="completed" if status is None else status[i], mfu=rng.uniform(0.2, 0.45),
+        )
+        write_summary(run_dir, summary)
         if curves:
-            steps = np.arange(1, 11)
-            lines = [
-                {"step": int(step), "tokens": float(d * step / 10), "train_loss": float(value * (1 + 2 / step)),
-                 "flops_6N": 6 * n * d * step / 10}
-                for step in steps
-            ]
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+            records = [metrics_record(step, {"tokens": d * step / 10, "train_loss": value * (1 + 2 / step),
+                                             "flops_6N": 6 * n * d * step / 10})
+                       for step in range(1, 11)]
+            atomic_write(run_dir / METRICS_FILE, "".join(metrics_line(record) for record in records))
     return root

@@ -47,8 +47,8 @@ def test_approach3_intervals_cover_the_truth_in_most_seeds():
     law, covered = HOFFMANN_2022, []
     for seed in range(5):
         result = run_fit(chinchilla_data(10 + seed), "3", FitOptions(n_resamples=100, seed=seed, lbfgs_starts=16))
-        covered.append([result.ci95[name][0] <= getattr(law, name) <= result.ci95[name][1] for name in ("E", "alpha", "beta")])
-        assert result.ci95["alpha"][0] < result.estimates["alpha"] < result.ci95["alpha"][1]
+        covered.append([result.ci[name][0] <= getattr(law, name) <= result.ci[name][1] for name in ("E", "alpha", "beta")])
+        assert result.ci["alpha"][0] < result.estimates["alpha"] < result.ci["alpha"][1]
     assert np.mean(covered) >= 0.8, covered
 
 
@@ -120,7 +120,7 @@ def test_kaplan_forms_recover_their_exponents(seed):
 def test_kaplan_run_fit_has_intervals():
     result = run_fit(chinchilla_data(0), "kaplan", FitOptions(n_resamples=30))
     for name in ("alpha_N", "alpha_D", "alpha_C", "alpha_N_joint"):
-        low, high = result.ci95[name]
+        low, high = result.ci[name]
         assert low <= result.estimates[name] <= high
     assert result.estimates["alpha_C"] > 0
 
@@ -146,7 +146,7 @@ def test_overtraining_intervals_cover_the_truth():
     hits = []
     for seed in range(3):
         result = run_fit(gadre_data(seed), "overtrain", FitOptions(n_resamples=60, seed=seed))
-        hits.append(result.ci95["eta"][0] <= 0.166 <= result.ci95["eta"][1])
+        hits.append(result.ci["eta"][0] <= 0.166 <= result.ci["eta"][1])
     assert sum(hits) >= 2
 
 
@@ -169,8 +169,38 @@ def test_unknown_approach_and_too_little_data():
     with pytest.raises(AnalysisError, match="unknown approach '4'"):
         run_fit(chinchilla_data(0), "4")
     few = dataset([1e8, 2e8, 4e8], [1e9, 5e8, 2.5e8], [3.0, 2.9, 3.1])
-    with pytest.raises(AnalysisError, match="at least 6 runs"):
+    with pytest.raises(AnalysisError, match="at least 6 distinct"):
         run_fit(few, "3", FitOptions(n_resamples=0))
+
+
+@pytest.mark.parametrize("approach", ["1", "2", "3", "kaplan", "overtrain", "datacon"])
+def test_minimum_points_count_distinct_n_d_pairs_not_rows(approach):
+    """Copies of a run add rows, not points: every approach's minimum counts distinct (N, D) pairs."""
+    grid = chinchilla_data(0)
+    copies = dataset(np.repeat(grid.params[:1], len(grid)), np.repeat(grid.tokens[:1], len(grid)), grid.loss,
+                     epochs=np.r_[np.ones(len(grid) - 2), 2.0, 2.0])  # datacon: two rows repeat data
+    with pytest.raises(AnalysisError, match="distinct|3 model sizes"):
+        run_fit(copies, approach, FitOptions(n_resamples=0))
+
+
+@pytest.mark.parametrize("approach", ["1", "kaplan"])
+def test_a_budget_of_copies_has_no_minimum(approach):
+    """Nine budgets, each nine copies of one run: once zero-width "fits" through one run per budget."""
+    grid = chinchilla_data(0)
+    first = np.array([group[0] for group in grid.budget_groups()])
+    with pytest.raises(AnalysisError, match="distinct"):
+        run_fit(grid.take(np.repeat(first, 9)), approach, FitOptions(n_resamples=0))
+
+
+def test_bootstrap_keeps_the_point_fits_frontier_budgets():
+    """Two runs per budget: a within-budget resample often draws one run twice. That budget's minimum is
+    then that run; it must not drop out of the resample's frontier (half the resamples would fail)."""
+    grid = chinchilla_data(0)
+    pairs = np.concatenate([group[[3, 5]] for group in grid.budget_groups()[:3]])
+    result = run_fit(grid.take(pairs), "1", FitOptions(n_resamples=200, seed=0))
+    assert "could not be fitted" not in " ".join(result.notes) and "withheld" not in " ".join(result.notes)
+    low, high = result.ci["a"]
+    assert low < high
 
 
 def kaplan_data(seed):
@@ -190,7 +220,7 @@ def test_intervals_cover_the_truth_in_most_seeds(approach, make, truth):
     hits = []
     for seed in range(4):
         result = run_fit(make(20 + seed), approach, FitOptions(n_resamples=60, seed=seed))
-        hits += [result.ci95[name][0] <= value <= result.ci95[name][1] for name, value in truth.items()]
+        hits += [result.ci[name][0] <= value <= result.ci[name][1] for name, value in truth.items()]
     assert np.mean(hits) >= 0.75, hits
 
 
@@ -199,6 +229,6 @@ def test_intervals_are_withheld_when_most_resamples_cannot_be_fitted():
     law = HOFFMANN_2022
     params, tokens, _ = isoflop_grid(law, [1e18, 1e19], sizes_per_budget=3, span_decades=1.0)
     result = run_fit(dataset(params, tokens, law.loss(params, tokens)), "2", FitOptions(n_resamples=50))
-    assert np.isnan(result.ci95["a"][0]) and result.samples == {}
+    assert np.isnan(result.ci["a"][0]) and result.samples == {}
     assert any("intervals withheld" in note for note in result.notes)
     assert "n/a" in result.table()

@@ -94,5 +94,25 @@ def test_sizing_from_a_budget_and_bad_targets():
         size(law, 1e12, target_loss=1.5)
     with pytest.raises(AnalysisError, match="exactly one"):
         size(law, 1e12)
-    with pytest.raises(AnalysisError, match="positive"):
-        size(ChinchillaLaw(1.0, 1.0, 1.0, 0.3, 0.3), 1e12, budget_flops=0.0)
+    for budget in (0.0, math.inf, math.nan):
+        with pytest.raises(AnalysisError, match="must be a finite number > 0"):
+            size(ChinchillaLaw(1.0, 1.0, 1.0, 0.3, 0.3), 1e12, budget_flops=budget)
+    for tokens in (-1.0, math.inf, math.nan):
+        with pytest.raises(AnalysisError, match="--inference-tokens must be a finite number >= 0"):
+            size(law, tokens, target_loss=2.0)
+
+
+def test_sizing_refuses_targets_the_law_sizes_below_one_parameter_or_token():
+    """Between E and E + min(A, B) every plan has N > 1 and D > 1; above it the law is refused, not extrapolated."""
+    law = HOFFMANN_2022
+    ceiling = law.E + min(law.A, law.B)
+    near = size(law, 1e12, target_loss=ceiling * 0.999)
+    for plan in (near.chinchilla, near.inference_optimal):
+        assert plan.params > 1 and plan.tokens > 1
+    for target in (ceiling, 1e308):
+        with pytest.raises(AnalysisError, match="not below E \\+ min\\(A, B\\)"):
+            size(law, 1e12, target_loss=target)
+    with pytest.raises(AnalysisError, match="--budget 1e-05.*not below E"):
+        size(law, 1e12, budget_flops=1e-5)
+    with pytest.raises(AnalysisError, match="overflows the float range"):
+        size(law, 1e300, target_loss=2.0)

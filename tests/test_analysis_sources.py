@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from analysis.errors import AnalysisError
-from analysis.sources import Conventions, cluster_budgets, exclude_outliers, load_csv, load_runs, load_source
+from analysis.sources import (
+    Conventions, cluster_budgets, exclude_outliers, learning_curve, load_csv, load_runs, load_source,
+)
 from analysis.synthetic import write_run_dirs
 
 
@@ -82,13 +84,13 @@ def test_cluster_budgets_groups_nearby_flops():
 def test_run_dirs_skip_unfinished_and_follow_conventions(tmp_path):
     params, tokens = np.array([1e7, 2e7, 4e7, 8e7]), np.array([4e8, 2e8, 1e8, 5e7])
     write_run_dirs(tmp_path / "runs" / "grid", params, tokens, [3.2, 3.1, 3.15, 3.3],
-                   status=["completed", "completed", "failed", "running"])
+                   status=["completed", "completed", "failed", "failed"])
     data = load_source(tmp_path / "runs", Conventions(params="total", flops="chinchilla"), with_curves=True)
     assert len(data) == 2
     np.testing.assert_allclose(data.params, params[:2] * 1.2)
     np.testing.assert_allclose(data.flops, 6 * params[:2] * 1.07 * tokens[:2])
     np.testing.assert_allclose(data.loss, [3.2, 3.1])
-    assert any("skipped 2 runs that are not completed (1 failed, 1 running)" in note for note in data.notes)
+    assert any("skipped 2 runs that are not completed (2 failed)" in note for note in data.notes)
     assert set(data.curves) == {"run000", "run001"} and "train_loss" in data.curves["run000"]
     train = load_runs(tmp_path / "runs", Conventions(loss="train"))
     np.testing.assert_allclose(train.loss, [3.2 * 0.98, 3.1 * 0.98])
@@ -133,3 +135,19 @@ def test_run_ids_repeated_across_experiments_become_directory_names(tmp_path):
     assert sorted(data.run_ids) == ["exp_a/run000", "exp_a/run001", "exp_b/run000", "exp_b/run001"]
     assert set(data.curves) == set(data.run_ids)
     assert any("run_ids repeat" in note for note in data.notes)
+
+
+def test_learning_curves_come_through_the_contract(tmp_path):
+    write_run_dirs(tmp_path, [1e7], [2e8], [3.0], curves=False)
+    run = tmp_path / "run000"
+    (run / "metrics.jsonl").write_text('{"step": 5, "train_loss": 3.5, "tokens": 10}\n'
+                                       '{"step": 6, "eval_loss": 3.4, "tokens": 12, "energy_source": "x"}\n'
+                                       '{"step": 10, "train_lo')  # an eval-only row, then a torn last line
+    curve = learning_curve(run)
+    assert sorted(curve) == ["eval_loss", "step", "tokens", "train_loss"]
+    np.testing.assert_array_equal(curve["step"], [5, 6])
+    np.testing.assert_array_equal(curve["train_loss"], [3.5, np.nan])
+    (run / "metrics.jsonl").write_text('{"step": 5}\nnot json\n{"step": 10}\n')
+    with pytest.raises(AnalysisError, match="metrics.jsonl line 2: not a metrics row") as err:
+        load_runs(tmp_path, Conventions(), with_curves=True)
+    assert "\n" not in str(err.value)
