@@ -9,18 +9,9 @@ import pytest
 
 from analysis.laws import HOFFMANN_2022, DataConstrainedLaw
 from analysis.synthetic import noisy, write_csv
-from launch.cli import main
+from cli_run import isoflop
 
 LAW = DataConstrainedLaw(**HOFFMANN_2022.as_dict(), R_D_star=15.4, R_N_star=5.3)
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def runs(excess=(0.5, 2.0, 6.0, 20.0)):

@@ -11,19 +11,10 @@ import analysis
 
 from analysis.frontier import weighted_line
 from analysis.synthetic import write_csv
-from launch.cli import main
+from cli_run import isoflop
 
 FLOPS = np.logspace(18, 22, 5)
 A, K_N = 0.5, 0.09
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def optima(path, n_scale=np.ones(5), sigma=None, tokens=True):

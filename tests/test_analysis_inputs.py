@@ -12,19 +12,9 @@ from analysis.bootstrap import bootstrap
 from analysis.errors import AnalysisError
 from analysis.laws import HOFFMANN_2022
 from analysis.synthetic import isoflop_grid, write_csv
-from launch.cli import main
+from cli_run import isoflop
 
 GOOD_ROWS = "".join(f"{n:g},{2e10:g},{loss}\n" for n, loss in [(1e8, 3.0), (2e8, 2.9), (4e8, 2.95)])
-
-
-def isoflop(capsys, argv):
-    """(exit code, stdout, stderr) of `isoflop ARGV`, as the console script runs it."""
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:  # argparse's own errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def csv_file(tmp_path, content: str | bytes, name="runs.csv"):
@@ -136,7 +126,7 @@ def snapshot(root):
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(capsys, tmp_path, build, expected):
     argv = build(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = isoflop(capsys, argv)
+    code, out, err = isoflop(capsys, *argv)
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith(f"isoflop {argv[0]}: "), err
     assert expected in err, err
@@ -147,7 +137,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(capsys, tmp_path, buil
 def test_identical_rows_count_once_and_distinct_rows_make_the_fit(capsys, tmp_path):
     """Eight copies of one run are one point; with a grid of distinct runs beside them, approach 3 fits."""
     copies = "params,tokens,loss\n" + "1e8,2e9,3.0\n" * 8
-    code, _, err = isoflop(capsys, ["fit", csv_file(tmp_path, copies), "--bootstrap", "0"])
+    code, _, err = isoflop(capsys, "fit", csv_file(tmp_path, copies), "--bootstrap", "0")
     assert code == 2 and "distinct (N, D) points (got 1 from 8 rows" in err
 
     params, tokens, _ = isoflop_grid(HOFFMANN_2022, np.logspace(18, 20, 3), 5, 1.0)
@@ -155,7 +145,7 @@ def test_identical_rows_count_once_and_distinct_rows_make_the_fit(capsys, tmp_pa
     grid = write_csv(tmp_path / "grid.csv", {"params": np.r_[np.full(8, 1e8), params],
                                             "tokens": np.r_[np.full(8, 2e9), tokens],
                                             "loss": np.r_[np.full(8, 3.0), loss]})
-    code, out, err = isoflop(capsys, ["fit", grid, "--bootstrap", "0", "--lbfgs-starts", "8", "--json"])
+    code, out, err = isoflop(capsys, "fit", grid, "--bootstrap", "0", "--lbfgs-starts", "8", "--json")
     assert code == 0, err
     assert json.loads(out)["n_points"] == 8 + len(params)
 
@@ -166,8 +156,8 @@ def test_an_output_directory_that_cannot_be_created_is_one_line(capsys, tmp_path
     params, tokens, _ = isoflop_grid(HOFFMANN_2022, np.logspace(18, 20, 3), 5, 1.0)
     grid = write_csv(tmp_path / "grid.csv", {"params": params, "tokens": tokens,
                                             "loss": HOFFMANN_2022.loss(params, tokens)})
-    code, out, err = isoflop(capsys, ["report", grid, "-o", "/proc/isoflop-report", "--bootstrap", "0",
-                                      "--lbfgs-starts", "4"])
+    code, out, err = isoflop(capsys, "report", grid, "-o", "/proc/isoflop-report", "--bootstrap", "0",
+                                      "--lbfgs-starts", "4")
     assert code == 2 and err.startswith("isoflop report: cannot write /proc/isoflop-report: ") and err.count("\n") == 1
 
 

@@ -9,16 +9,7 @@ import pytest
 
 from analysis.laws import HOFFMANN_2022
 from analysis.synthetic import isoflop_grid, noisy, write_csv
-from launch.cli import main
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_run import isoflop
 
 
 @pytest.fixture

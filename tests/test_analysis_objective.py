@@ -8,18 +8,9 @@ import pytest
 
 from analysis.laws import HOFFMANN_2022, gadre_loss
 from analysis.synthetic import isoflop_grid, write_csv
-from launch.cli import main
+from cli_run import isoflop
 
 GADRE = {"E": 1.7, "a": 200.0, "b": 491.0, "eta": 0.15}
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def gadre_runs(path, runs):

@@ -7,16 +7,7 @@ import pytest
 
 from analysis.laws import PF_DAY_FLOPS, ChinchillaLaw
 from analysis.presets import PRESETS
-from launch.cli import main
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_run import isoflop
 
 
 def predicted(capsys, *argv) -> dict:

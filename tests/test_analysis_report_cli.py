@@ -12,16 +12,7 @@ from analysis import plots
 from analysis.laws import HOFFMANN_2022
 from analysis.sources import Conventions, cluster_budgets, load_csv
 from analysis.synthetic import isoflop_grid, noisy, write_csv
-from launch.cli import main
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_run import isoflop
 
 
 def test_report_reproduce_command_recreates_the_same_report(capsys, tmp_path):

@@ -10,19 +10,10 @@ import pytest
 from analysis.laws import ChinchillaLaw, HOFFMANN_2022
 from analysis.select import Condition, parse_where
 from analysis.synthetic import isoflop_grid, write_csv
-from launch.cli import main
+from cli_run import isoflop
 
 OTHER = ChinchillaLaw(E=1.9, A=410.7, B=406.4, alpha=0.28, beta=0.34)  # a = 0.548 where Hoffmann's is 0.452
 BUDGETS = np.logspace(18, 21, 4)
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def pooled(path, same_grid=False):

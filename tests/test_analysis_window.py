@@ -11,19 +11,10 @@ from analysis import chinchilla
 from analysis.laws import HOFFMANN_2022
 from analysis.sources import Conventions, Dataset
 from analysis.synthetic import noisy, write_csv
-from launch.cli import main
+from cli_run import isoflop
 
 LAW = HOFFMANN_2022
 BUDGETS = np.logspace(18, 21, 4)
-
-
-def isoflop(capsys, *argv):
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def wide_grid(path, noise=0.0005, step=0.1):

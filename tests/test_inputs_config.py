@@ -8,22 +8,12 @@ import pathlib
 import pytest
 import yaml
 
-from launch.cli import main
 from train.config import CONFIG_ROOT
+from cli_run import isoflop
 
 TINY = str(CONFIG_ROOT / "tiny.yaml")
 COUNT = ["count", "--no-compiled", TINY]
 NAME_RULE = "must be a single name of letters, digits and . _ + = -"
-
-
-def isoflop(capsys, argv):
-    """(exit code, stdout, stderr) of `isoflop ARGV`, as the console script runs it."""
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as exit:  # argparse's own errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(root: pathlib.Path) -> dict:
@@ -205,7 +195,7 @@ def workdir(tmp_path, monkeypatch):
 def test_bad_input_is_one_line_per_problem_exit_2_and_writes_nothing(workdir, capsys, argv, expected):
     argv = argv(workdir)
     before = snapshot(workdir)
-    code, out, err = isoflop(capsys, argv)
+    code, out, err = isoflop(capsys, *argv)
     lines = err.strip().splitlines()
     prefix = f"isoflop {argv[0]}: "
     assert code == 2, (code, out, err)
@@ -215,13 +205,12 @@ def test_bad_input_is_one_line_per_problem_exit_2_and_writes_nothing(workdir, ca
     assert snapshot(workdir) == before
 
 
-
 @pytest.mark.parametrize("argv", [lambda t: COUNT, lambda t: ["grid", "plan", spec(t)],
                                   lambda t: ["grid", "plan", isoflop_spec(t)]], ids=["count", "sweep", "isoflop"])
 def test_the_cases_start_from_valid_input(workdir, capsys, argv):
     """The control: each case above changes one thing of an input that is accepted (and still writes nothing)."""
     argv = argv(workdir)
     before = snapshot(workdir)
-    code, out, err = isoflop(capsys, argv)
+    code, out, err = isoflop(capsys, *argv)
     assert code == 0 and err == "" and out, (code, err)
     assert snapshot(workdir) == before
