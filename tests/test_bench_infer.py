@@ -111,7 +111,8 @@ ROW_FIELDS = {
 def test_bench_reports_every_field_consistently(fake_machine):
     result = bench_infer.bench_infer(Transformer(GQA, nnx.Rngs(0)), GQA, Request((1, 2), 4, 3, 2))
     assert set(result) == TOP_FIELDS and [row["batch_size"] for row in result["results"]] == [1, 2]
-    assert result["memory_bandwidth_bytes_per_second"] == 2e10 and result["memory_bandwidth_source"].startswith("measured")
+    assert result["memory_bandwidth_bytes_per_second"] == 2e10
+    assert result["memory_bandwidth_source"].startswith("measured: ")
     json.dumps(result, allow_nan=False)  # plain JSON
     for row in result["results"]:
         assert set(row) == ROW_FIELDS
@@ -126,6 +127,8 @@ def test_bench_reports_every_field_consistently(fake_machine):
         assert row["prefill_mfu"] == pytest.approx(
             row["prefill_model_flops"] / row["time_to_first_token_seconds"] / 1e11)
         assert row["energy_source"] and row["energy_joules_per_generated_token"] >= 0
+        held = row["kv_cache_bytes_measured"] + 4 * result["params"]["total"]  # the cache and fp32 weights
+        assert row["prefill_memory_bytes_compiled"] >= row["decode_memory_bytes_compiled"] >= held
     assert "n/a" not in bench_infer.format_result(result).splitlines()[2]
 
 

@@ -1,6 +1,7 @@
 """`isoflop generate`: sampling options, run-directory errors, streaming text, and greedy decoding through a
 real checkpoint equal to the argmax decoding of the full forward pass."""
 
+import dataclasses
 import pathlib
 
 import jax
@@ -11,7 +12,7 @@ from flax import nnx
 
 from analysis import synthetic
 from common.files import atomic_write
-from common.run_contract import CHECKPOINT_DIR, CONFIG_FILE, write_summary
+from common.run_contract import CHECKPOINT_DIR, CONFIG_FILE, read_summary, write_summary
 from common.validation import ConfigError
 from launch.cli import main
 from modeling.config import ModelConfig
@@ -19,14 +20,15 @@ from modeling.transformer import Transformer
 from train import budget as budget_lib
 from train import config as config_lib
 from train.checkpoint import Checkpointer
-from train.data.tokenizer import EOD_ID, ByteTokenizer
-from train.generate import (Sampling, TextStream, check_request, choose, encode_prompt, generate_text, load_run,
-                            stream_tokens)
+from train.data.build import TOKENIZER_FILE
+from train.data.tokenizer import EOD_ID, ByteTokenizer, train_bpe
+from train.generate import (LoadedRun, Sampling, TextStream, check_request, choose, encode_prompt, generate_text,
+                            load_run, run_tokenizer, stream_tokens)
 from train.loop import build_training
 
 TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 RUN_OVERRIDES = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=64",
-                 "data.seq_len=32", "data.batch_size=2", "budget.flops=1e9"]
+                 "model.tie_embeddings=false", "data.seq_len=32", "data.batch_size=2", "budget.flops=1e9"]
 CHECKPOINT_STEP = 3
 
 
@@ -187,6 +189,7 @@ def test_greedy_generation_from_a_checkpoint_is_deterministic_and_the_full_forwa
     first = generate_text(run_dir, "def ", 12, write=pieces.append)
     second = generate_text(run_dir, "def ", 12)
     assert first["ids"] == second["ids"] and first["step"] == CHECKPOINT_STEP
+    assert len(set(first["ids"])) > 1  # untied embeddings: not the tied model's echo of its last token
     model = load_run(run_dir).model
     assert first["ids"] == greedy_by_full_forward(model, encode_prompt(ByteTokenizer(), "def "), 12, stop_id=EOD_ID)
     assert "".join(pieces) == "def " + first["text"]
@@ -211,3 +214,44 @@ def test_cli_streams_the_prompt_and_its_continuation(run_dir, capsys):
 def test_context_longer_than_the_model_is_refused(run_dir):
     with pytest.raises(ConfigError, match="exceed model.max_seq_len=64"):
         generate_text(run_dir, "x" * 60, 10)
+
+
+def test_a_bpe_run_finds_its_tokenizer_in_the_data_cache_its_summary_names(tmp_path):
+    entry = tmp_path / "cache-entry"
+    entry.mkdir()
+    train_bpe(["def f(x):\n    return x + 1\n"] * 50, vocab_size=300).save(entry / TOKENIZER_FILE)
+    config = config_lib.load(TINY, RUN_OVERRIDES + ["data.tokenizer=bpe", "model.vocab_size=300"])
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = synthetic.run_summary("run", 2e4, 1e6, 3.0, 1e9)
+    write_summary(run, dataclasses.replace(summary, data={"source": "stdlib", "cache_path": str(entry)}))
+    tokenizer = run_tokenizer(LoadedRun(run, config, None, 0))
+    assert tokenizer.kind == "bpe" and tokenizer.decode(tokenizer.encode("def f(x)")) == "def f(x)"
+    (entry / TOKENIZER_FILE).unlink()
+    with pytest.raises(ConfigError, match="tokenizer file .* is missing"):
+        run_tokenizer(LoadedRun(run, config, None, 0))
+
+
+def test_a_run_on_pre_tokenized_data_has_no_tokenizer(tmp_path):
+    config = config_lib.load(TINY, RUN_OVERRIDES + ["data.source=tokens", "data.path=tokens.bin",
+                                                   "data.token_dtype=uint16"])
+    with pytest.raises(ConfigError, match="pre-tokenized data"):
+        run_tokenizer(LoadedRun(tmp_path, config, None, 0))
+
+
+@pytest.mark.slow
+def test_a_trained_run_generates_and_is_benchmarked_into_its_summary(tmp_path, monkeypatch, capsys):
+    """End to end: `isoflop train` a tiny run, generate from it, benchmark it into its summary."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    train_overrides = [*RUN_OVERRIDES, "budget.flops=2e9", "run.checkpoint_every=5", "run.eval_every=5"]
+    assert main(["train", str(TINY), *train_overrides, "--out", str(run)]) == 0
+    assert main(["generate", str(run), "--prompt", "import ", "--max-tokens", "8"]) == 0
+    out, _ = capsys.readouterr()
+    assert "import " in out
+    assert main(["bench", "infer", str(run), "--batch", "1,2", "--prompt-len", "8", "--gen-len", "4",
+                 "--repeats", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = read_summary(run)
+    assert summary.inference["checkpoint_step"] == summary.steps and "recorded under `inference`" in err
+    assert [row["batch_size"] for row in summary.inference["results"]] == [1, 2]

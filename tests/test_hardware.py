@@ -298,3 +298,14 @@ def test_real_bandwidth_calibration_is_plausible():
     measured = hardware.measure_cpu_bandwidth(n_bytes=16 << 20, repeats=2)
     assert 1e8 < measured["bytes_per_second"] < 1e13  # a few to hundreds of GB/s
     assert measured["bytes_per_second"] == max(measured["sum_bytes_per_second"], measured["gemv_bytes_per_second"])
+
+
+def test_a_failed_bandwidth_calibration_is_null_with_one_warning(tmp_path, monkeypatch, recwarn):
+    def fail():
+        raise MemoryError("no room for the array")
+
+    monkeypatch.setattr(hardware, "measure_cpu_bandwidth", fail)
+    monkeypatch.setattr(hardware, "_local_cpu_device_count", lambda: 2)
+    bandwidth = hardware.device_bandwidth(jax.devices("cpu")[0], cache_path=tmp_path / "b.json")
+    assert bandwidth.bytes_per_second is None and "failed" in bandwidth.source
+    assert sum("CPU bandwidth: calibration failed" in str(w.message) for w in recwarn) == 1

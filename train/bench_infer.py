@@ -31,6 +31,7 @@ from modeling import accounting
 from modeling.accounting.flops import TRAINING_MULTIPLIER
 from modeling.accounting.memory import PRECISION_BYTES
 from modeling.accounting.params import param_breakdown
+from train.generate import context_problems, load_run, run_config
 
 DEFAULT_BATCHES = (1, 4, 16, 64)
 
@@ -99,9 +100,8 @@ def check_request(request: Request, model_cfg) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             why = " (the first token comes from the prefill; decode steps start at the second)" if least == 2 else ""
             problems.append(f"{name}: {value!r} must be an integer >= {least}{why}")
-    if not problems and request.prompt_len + request.gen_len > model_cfg.max_seq_len:
-        problems.append(f"--prompt-len + --gen-len: {request.prompt_len + request.gen_len} tokens exceed "
-                        f"model.max_seq_len={model_cfg.max_seq_len}")
+    if not problems:
+        problems = context_problems(model_cfg, request.prompt_len + request.gen_len, "--prompt-len + --gen-len")
     if problems:
         raise ConfigError(problems)
 
@@ -110,7 +110,8 @@ def check_request(request: Request, model_cfg) -> None:
 
 
 def _steps(model):
-    """(prefill, decode) jitted steps over the split state, the cache donated: tokens -> (next ids, cache)."""
+    """(state, step): one jitted step over the split state for prefill and decode alike (each shape is
+    compiled once), the cache donated: (state, tokens, cache, start) -> (next ids, cache)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -201,7 +202,8 @@ def bench_batch(model, cfg, batch: int, request: Request, device, peak, bandwidt
     step_median = statistics.median(decodes)
     moved = decode_bytes_per_step(cfg, batch, request.prompt_len, request.gen_len)
     bound = bandwidth_bound_seconds(moved["total"], bandwidth.bytes_per_second)
-    prefill_flops = batch * request.prompt_len * accounting.mfu_flops_per_token(cfg, request.prompt_len) / TRAINING_MULTIPLIER
+    forward_flops_per_token = accounting.mfu_flops_per_token(cfg, request.prompt_len) / TRAINING_MULTIPLIER
+    prefill_flops = batch * request.prompt_len * forward_flops_per_token
     memory, memory_source = peak_memory_bytes(device)
     return {
         "batch_size": batch,
@@ -271,23 +273,18 @@ def bench_infer(model, cfg, request: Request, hardware_config=None, *, bandwidth
 # ----------------------------------------------------------------------------- the command
 
 
-def _is_run_dir(target: str) -> bool:
-    return pathlib.Path(target).is_dir()
-
-
 def run(target: str, overrides: list[str], request: Request) -> tuple[dict, pathlib.Path | None]:
     """Benchmark a CONFIG (freshly initialised weights; overrides allowed) or a RUN_DIR (its latest
     checkpoint; the result is written into its summary under `inference`). Returns (result, run dir)."""
     from train import config as config_lib
-    from train import generate
 
-    if _is_run_dir(target):
+    if pathlib.Path(target).is_dir():
         if overrides:
             raise ConfigError([f"overrides: a run directory's config is fixed; drop {' '.join(overrides)}"])
-        config = generate.run_config(target)
+        config = run_config(target)
         check_request(request, config.model)
         _summary_to_update(pathlib.Path(target))  # a run without a readable summary is refused before timing
-        loaded = generate.load_run(target)
+        loaded = load_run(target)
         model, path = loaded.model, loaded.path
     else:
         config = config_lib.load(target, overrides)  # validated

@@ -35,7 +35,8 @@ def register(commands) -> None:
     generate = commands.add_parser("generate", help="continue a prompt with a run's latest checkpoint (streams text)")
     generate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a checkpoint")
     generate.add_argument("--prompt", required=True, help="text to continue (may be empty)")
-    generate.add_argument("--max-tokens", type=positive_int, default=200, help="tokens to generate at most (default 200)")
+    generate.add_argument("--max-tokens", type=positive_int, default=200,
+                          help="tokens to generate at most (default 200)")
     generate.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default); > 0 samples")
     generate.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest tokens")
     generate.add_argument("--top-p", type=finite_float, default=1.0, help="nucleus: the likeliest tokens up to this "
@@ -63,7 +64,8 @@ def register(commands) -> None:
     bench_infer.add_argument("--batch", default="1,4,16,64", help="batch sizes, comma-separated (default 1,4,16,64)")
     bench_infer.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens (default 128)")
     bench_infer.add_argument("--gen-len", type=positive_int, default=64, help="generated tokens, >= 2 (default 64)")
-    bench_infer.add_argument("--repeats", type=positive_int, default=3, help="timed requests per batch size (default 3)")
+    bench_infer.add_argument("--repeats", type=positive_int, default=3,
+                             help="timed requests per batch size (default 3)")
     bench_infer.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench_infer.set_defaults(func=_bench_infer)
     one_line_parser_errors(bench_infer, "isoflop bench infer")

@@ -8,9 +8,9 @@ right after one; generation stops at `--max-tokens` or at the next end of docume
 
 Decoding is `modeling.decode.forward_cached` with its cache: one prefill of the prompt, then one jitted
 step per token. A token is chosen greedily at temperature 0 (the argmax of the cached logits, which
-equal the full forward's: tests/test_decode.py), else sampled from softmax(logits / temperature) restricted to the `top_k` most likely tokens and to
-the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman et al. 2020), in that
-order, with a seeded key per step.
+equal the full forward's: tests/test_decode.py), else sampled from softmax(logits / temperature)
+restricted to the `top_k` most likely tokens and then to the smallest set whose probability reaches
+`top_p` (nucleus sampling, Holtzman et al. 2020), with a seeded key per step.
 """
 
 from __future__ import annotations

@@ -517,7 +517,8 @@ def cpu_bandwidth(cache_path: str | os.PathLike | None = None, recalibrate: bool
         return Bandwidth(None, "CPU bandwidth calibration failed")
     return Bandwidth(float(entry["bytes_per_second"]),
                      f"measured: XLA CPU read calibration (best of sum and matrix-vector over a "
-                     f"{entry['array_bytes'] / 2**20:.0f} MiB float32 array) on {key} at {entry['measured_at']}, {where}")
+                     f"{entry['array_bytes'] / 2**20:.0f} MiB float32 array) on {key} at {entry['measured_at']},"
+                     f" {where}")
 
 
 def device_bandwidth(device, *, cache_path=None) -> Bandwidth:
@@ -527,9 +528,10 @@ def device_bandwidth(device, *, cache_path=None) -> Bandwidth:
         return table_bandwidth(device.device_kind)
     bandwidth = cpu_bandwidth(cache_path)
     n_devices = _local_cpu_device_count()
-    if n_devices == 1:
+    if bandwidth.bytes_per_second is None or n_devices == 1:
         return bandwidth
-    return Bandwidth(bandwidth.bytes_per_second / n_devices, f"{bandwidth.source}; host bandwidth / {n_devices} CPU devices")
+    return Bandwidth(bandwidth.bytes_per_second / n_devices,
+                     f"{bandwidth.source}; host bandwidth / {n_devices} CPU devices")
 
 
 def cpu_cores() -> int:
@@ -589,7 +591,8 @@ def main(argv=None) -> None:
     import jax
 
     parser = argparse.ArgumentParser(prog="python -m train.hardware", description=main.__doc__)
-    parser.add_argument("--recalibrate", action="store_true", help="re-measure the CPU peak and bandwidth and update the caches")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="re-measure the CPU peak and bandwidth and update the caches")
     args = parser.parse_args(argv)
     on_cpu = jax.devices()[0].platform == "cpu"
     for dtype in ("fp32", "bf16"):

@@ -1,4 +1,4 @@
-"""Process settings that must be made before JAX starts its backend (issue 5; train/PERFORMANCE.md).
+"""Process settings that must be made before JAX starts its backend (issue 5; docs/PERFORMANCE.md).
 
 XLA:CPU gives every run of a compiled step one temporary buffer for its intermediates (750 MB for a
 train step of configs/bench/shape-a.yaml, 3.1 GB for shape-b), allocated with malloc from a worker

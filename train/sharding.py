@@ -1,9 +1,9 @@
 """Device mesh (data, fsdp, tensor) and where every array lives on it.
 
 The same code runs on one CPU, eight fake CPU devices or a TPU/GPU host: the mesh is built with
-`AxisType.Auto` so GSPMD propagates shardings through the jitted step (FIELD-NOTES: the Explicit
-default breaks the embedding gather). Batches split over (data, fsdp); weights split over fsdp on
-one dimension and over tensor on the Megatron dimension (column-parallel in, row-parallel out).
+`AxisType.Auto` so GSPMD propagates shardings through the jitted step (the Explicit default breaks the
+embedding gather: docs/ARCHITECTURE.md, 'Auto mesh axes'). Batches split over (data, fsdp); weights
+split over fsdp on one dimension and over tensor on the Megatron dimension (column-parallel in, row-parallel out).
 Dimensions that do not divide the axis size stay replicated, so odd shapes still run.
 """
 

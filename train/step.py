@@ -1,7 +1,7 @@
 """The jitted train and eval steps over split NNX state.
 
 `jax.jit` over (params, opt_state) with `nnx.merge` inside costs ~0.3 ms of Python per call against
-~1.6 ms for `nnx.jit` (FIELD-NOTES; re-measured by `isoflop bench train --compare-jit`), and lets us
+~1.6 ms for `nnx.jit` (docs/ARCHITECTURE.md, 'The step is jax.jit over split state'), and lets us
 donate the old params/optimizer buffers so a step does not hold two copies. Gradient accumulation is a
 `lax.scan` over micro-batches inside the step, so the optimizer sees one update per global batch and
 the schedule counts optimizer steps.

@@ -1,4 +1,4 @@
-"""Where a train step's time goes, by part of the model (issue 5; findings in train/PERFORMANCE.md).
+"""Where a train step's time goes, by part of the model (issue 5; findings in docs/PERFORMANCE.md).
 
 Traces a few steps with the JAX profiler, which leaves a TensorBoard-viewable trace under
 OUT/plugins/profile/ (`tensorboard --logdir OUT`, with the profile plugin installed), and attributes each
