@@ -1,4 +1,5 @@
-"""`isoflop grid plan|run|status`: plan a grid (no compute), run what is not completed, report where it stands."""
+"""`isoflop grid plan|run|status|export`: plan a grid (no compute), run what is not completed, report where it
+stands, or write the cluster manifests that run it (launch/export.py)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,25 @@ def register(commands) -> None:
     _common(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+    export = kinds.add_parser("export", help="cluster manifests that run the grid (GKE Indexed Jobs)")
+    _common(export)
+    export.add_argument("--gke", action="store_true", required=True,
+                        help="Kubernetes Indexed Jobs, one per stage (runs, then WSD branches)")
+    export.add_argument("--image", required=True, help="container image with isoflop installed (its workdir the repo)")
+    export.add_argument("--claim", required=True, metavar="PVC",
+                        help="PersistentVolumeClaim holding the run directories")
+    export.add_argument("--mount", default="/runs", help="where the claim is mounted in each pod (default /runs)")
+    export.add_argument("--namespace", default="default")
+    export.add_argument("--max-parallel", type=positive_int, metavar="K", help="pods at a time per stage (default all)")
+    export.add_argument("--service-account", help="Kubernetes service account of the pods")
+    export.add_argument("--accelerator", metavar="TYPE",
+                        help="GKE node selector cloud.google.com/gke-accelerator, e.g. nvidia-h100-80gb")
+    export.add_argument("--spec-path", help="the spec's path inside the image (default: GRID.yaml as given)")
+    export.add_argument("--stage", type=int, choices=(0, 1),
+                        help="only this stage's Job (0: runs from step 0, 1: WSD branches, after 0 completed)")
+    export.add_argument("--output", "-o", metavar="FILE", help="write the manifest here instead of stdout")
+    export.set_defaults(func=_export)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -260,4 +280,30 @@ def _status(args) -> int:
     print(f"{len(statuses)} runs: " + ", ".join(f"{count} {name}" for name, count in counts.items()))
     if strays:
         print(f"not in this plan (an older spec?), yet read by analysis of {grid.spec.grid_dir}: {', '.join(strays)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+def _export(args) -> int:
+    from common.files import atomic_write
+    from common.validation import output_file
+    from launch import export
+
+    if args.out_dir is not None:
+        raise ConfigError(["--out-dir: the pods write under --mount (the volume's path in each pod)"])
+    if args.output is not None and (problems := output_file("--output", args.output)):
+        raise ConfigError(problems)
+    grid = plan_lib.load(args.spec, args.mount)
+    text = export.gke_manifest(grid, image=args.image, spec_path=args.spec_path or args.spec, claim=args.claim,
+                               mount=args.mount, namespace=args.namespace, max_parallel=args.max_parallel,
+                               service_account=args.service_account, accelerator=args.accelerator,
+                               stage=args.stage)
+    if args.output is None:
+        print(text, end="")
+    else:
+        atomic_write(args.output, text)
+        print(f"wrote {args.output}: {text.count('kind: Job')} Indexed Job(s) for {len(grid.runs)} runs",
+              file=sys.stderr)
     return 0

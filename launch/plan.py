@@ -53,7 +53,7 @@ from train import branches as branches_lib
 from train import budget as budget_lib
 from train import config as config_lib
 from train.config import CONFIG_ROOT, MAX_SEED, Config
-from train.lengths import warmup_steps
+from train.lengths import warmup_steps, wsd_overrun
 
 KINDS = ("isoflop", "overtrain", "sweep")
 # Achieved FLOP/s is counted like the trainer's MFU: Hoffmann et al.'s count covers all the matmul work.
@@ -487,7 +487,8 @@ def load_spec(path: str | pathlib.Path, out_dir: str | pathlib.Path | None = Non
     for key in overrides:
         if key in GRID_SET_FIELDS:
             problems.append(f"overrides.{key}: set by the grid (experiment = name, run_id per cell, out_dir "
-                            "from the spec's out_dir or --out-dir, lr_sweep from lr_sweep, branch fields from branches)")
+                            "from the spec's out_dir or --out-dir, lr_sweep from lr_sweep, branch fields from "
+                            "branches)")
     seeds = _seeds(fields.seeds, problems)
     problems += positive("min_steps", fields.min_steps)
     axes = _kind_axes(kind, fields, path.parent, base, overrides, problems)
@@ -906,7 +907,7 @@ def _drop_reason(spec: GridSpec, run: PlannedRun) -> str | None:
         return f"D/N = {format_ratio(run.tokens_per_param)} > tokens_per_param.max {format_number(bounds.max)}"
     if run.steps < spec.min_steps:
         return f"{run.steps} steps < min_steps {spec.min_steps}"
-    return None
+    return wsd_overrun(run.config.optimizer, run.warmup[0], run.steps)  # the trainer would refuse it
 
 
 def _notes(spec: GridSpec, runs: list[PlannedRun]) -> list[str]:

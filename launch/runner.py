@@ -215,10 +215,14 @@ class TrainJob(_Checkpointable):
     opens pdb on an exception), return the result. Checkpointable: a preempted or timed-out SLURM
     job is requeued with the same arguments and the trainer resumes from its checkpoint."""
 
-    def __call__(self, config_path: str, run_dir: str, record_path: str, executor: str) -> dict:
-        """Train the resolved config written at submission (a later edit of the spec does not leak in)."""
+    def __call__(self, config_path: str, run_dir: str, record_path: str, executor: str,
+                 env: dict | None = None) -> dict:
+        """Train the resolved config written at submission (a later edit of the spec does not leak in), in
+        the spec's `resources.env` (a job process of its own: not the debug executor's, which is this one)."""
         from train import multihost, stop
 
+        if executor != "debug":
+            os.environ.update(env or {})
         multihost.initialize_from_env()  # a no-op unless a multi-process launch set the usual variables
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or \
             os.environ.get("SUBMITIT_DEBUG_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
@@ -333,9 +337,9 @@ class _SubmititBackend:
             return "no SLURM here (sbatch not found): submitit runs the jobs as local subprocesses"
         return None
 
-    def _job_args(self, run: PlannedRun) -> tuple[str, str, str, str]:
+    def _job_args(self, run: PlannedRun) -> tuple[str, str, str, str, dict]:
         return (str(self.plan.config_path(run)), str(self.plan.run_dir(run)),
-                str(status_lib.record_path(self.plan, run.run_id)), self.name)
+                str(status_lib.record_path(self.plan, run.run_id)), self.name, dict(self.plan.spec.resources.env or {}))
 
     def submit_all(self, runs: list[PlannedRun]) -> list[_Active]:
         """One job array for the runs that start at step 0 (SLURM), then each branch as a job that waits for

@@ -121,6 +121,22 @@ def _summary(run_dir: pathlib.Path) -> tuple[RunSummary | None, float | None, st
         return None, None, str(err)
 
 
+def _facts(run: PlannedRun) -> dict:
+    """The plan's role and peak rate of a run (a reader handed only run_id and steps gets the defaults)."""
+    config = getattr(run, "config", None)
+    return {"role": getattr(run, "role", "run"),
+            "learning_rate": config.optimizer.learning_rate if config is not None else None}
+
+
+def _origin(run: PlannedRun) -> str:
+    role = getattr(run, "role", "run")
+    if role == "branch":
+        return f"from {run.parent}@{run.prefix_steps}"
+    if role == "stable":
+        return f"stable for {run.coords.get('branches', 0)} branches"
+    return ""
+
+
 def run_status(plan: GridPlan, run: PlannedRun) -> RunStatus:
     run_dir = plan.run_dir(run)
     summary, summary_time, unreadable = _summary(run_dir)
@@ -128,13 +144,8 @@ def run_status(plan: GridPlan, run: PlannedRun) -> RunStatus:
     planned = run.steps
     step = last_logged_step(run_dir)
 
-    facts = {"role": run.role, "learning_rate": run.config.optimizer.learning_rate}
-    if run.role == "branch":
-        detail_prefix = f"from {run.parent}@{run.prefix_steps}"
-    elif run.role == "stable":
-        detail_prefix = f"stable for {run.coords.get('branches', 0)} branches"
-    else:
-        detail_prefix = ""
+    facts = _facts(run)
+    detail_prefix = _origin(run)
 
     def make(status, detail="", source: RunSummary | None = None):
         detail = "; ".join(part for part in (detail_prefix, detail) if part)
@@ -171,7 +182,7 @@ def grid_status(plan: GridPlan) -> list[RunStatus]:
     statuses = [run_status(plan, run) for run in plan.runs]
     completed = [item for item in statuses if item.status == "completed" and item.summary is not None]
     verdicts = fit_points.verdicts([item.summary for item in completed])
-    chosen = {item.run_id: ("point" + (f": {v.reason}" if v.reason else "") if v.selected else f"not a point: {v.reason}")
+    chosen = {item.run_id: (f"point: {v.reason}" if v.reason else "point") if v.selected else f"not a point: {v.reason}"
               for item, v in zip(completed, verdicts)}
     return [dataclasses.replace(item, fit=chosen.get(item.run_id, "")) for item in statuses]
 

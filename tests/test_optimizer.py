@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -131,3 +132,50 @@ def test_optimizer_state_is_fp32_for_bf16_params():
     assert optax.tree_utils.tree_get(state, "mu")["w"].dtype == jnp.float32
     assert optax.tree_utils.tree_get(state, "nu")["w"].dtype == jnp.float32
     assert updates["w"].dtype == jnp.bfloat16
+
+
+# ------------------------------------------------------------------------------------------ warmup rules
+
+
+def _config(**optimizer):
+    from train.config import from_dict
+
+    return from_dict({"model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64,
+                                "max_seq_len": 64},
+                      "data": {"seq_len": 64, "batch_size": 8}, "budget": {"tokens": 512 * 100},
+                      "optimizer": {"learning_rate": PEAK, **optimizer}})
+
+
+def test_warmup_rules_give_their_steps_and_say_why():
+    from modeling.accounting import param_counts
+    from train.lengths import warmup_steps
+
+    assert warmup_steps(_config(warmup_fraction=0.1), 100) == (10, "0.1 of 100 steps")
+    assert warmup_steps(_config(warmup_rule="steps", warmup_steps=7), 100) == (7, "optimizer.warmup_steps")
+    assert warmup_steps(_config(warmup_rule="tokens", warmup_tokens=5000), 100)[0] == 10  # ceil(5000 / 512)
+    config = _config(warmup_rule="params", warmup_params_ratio=2.0)
+    n = param_counts(config.model)["non_embedding"]
+    steps, why = warmup_steps(config, 1000)
+    assert steps == math.ceil(2 * n / 512) and f"N = {n:,} non_embedding params; Porian et al. 2024" in why
+    # Only the fraction rule depends on the run's length; every rule is capped below the run's length.
+    assert warmup_steps(config, 2000)[0] == steps
+    assert warmup_steps(_config(warmup_rule="steps", warmup_steps=50), 20) == (19, "optimizer.warmup_steps, capped "
+                                                                              "at total_steps - 1")
+
+
+def test_the_schedule_follows_the_rule_and_refuses_a_rule_it_was_not_given():
+    from train.optimizer import schedule_for
+
+    config = _config(warmup_rule="steps", warmup_steps=9, schedule="constant")
+    schedule = schedule_for(config, 100)
+    assert float(schedule(8)) < PEAK and float(schedule(9)) == pytest.approx(PEAK)
+    assert float(schedule(0)) == pytest.approx(PEAK / 10)
+    with pytest.raises(ValueError, match="warmup_rule='steps' needs the config"):
+        learning_rate_schedule(config.optimizer, 100)
+
+
+def test_wsd_warmup_and_decay_longer_than_the_run_are_refused_with_the_rule():
+    from train.optimizer import schedule_for
+
+    with pytest.raises(ConfigError, match=r"20 decay steps plus 90 warmup steps \(optimizer.warmup_rule=steps\)"):
+        schedule_for(_config(schedule="wsd", warmup_rule="steps", warmup_steps=90), 100)

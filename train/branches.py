@@ -45,8 +45,10 @@ def stable_config(branch: Config, run_id: str, steps: int, tokens_per_step: int,
     return dataclasses.replace(
         branch,
         optimizer=dataclasses.replace(branch.optimizer, schedule="constant"),
-        budget=dataclasses.replace(branch.budget, flops=None, token_multiplier=None, tokens=float(steps * tokens_per_step)),
-        run=dataclasses.replace(branch.run, run_id=run_id, branch_points=tuple(points), branch_from=None, lr_sweep=None),
+        budget=dataclasses.replace(branch.budget, flops=None, token_multiplier=None,
+                                   tokens=float(steps * tokens_per_step)),
+        run=dataclasses.replace(branch.run, run_id=run_id, branch_points=tuple(points), branch_from=None,
+                                lr_sweep=None),
     )
 
 

@@ -149,7 +149,8 @@ def restore_branch_point(directory: str | pathlib.Path, step: int, params_like, 
     try:
         if step not in source.all_steps():
             raise ConfigError([f"run.branch_from: {directory.parent} has no checkpoint at the branch point, step "
-                               f"{step} (it has {source.all_steps() or 'none'}; its run.branch_points must list {step})"])
+                               f"{step} (it has {source.all_steps() or 'none'}; its run.branch_points must list "
+                               f"{step})"])
         return source.restore(step, params_like, opt_state_like)
     finally:
         source.manager.close()

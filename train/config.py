@@ -330,7 +330,8 @@ def _run_problems(run: RunConfig) -> list[str]:
         problems.append(f"run.mesh_data: {run.mesh_data} must be -1 (all remaining devices) or > 0")
     if run.lr_sweep is not None:
         problems += name_component("run.lr_sweep", run.lr_sweep)
-    problems += [problem for i, step in enumerate(run.branch_points) for problem in positive(f"run.branch_points[{i}]", step)]
+    problems += [problem for i, step in enumerate(run.branch_points)
+                 for problem in positive(f"run.branch_points[{i}]", step)]
     if run.branch_points and run.branch_from is not None:
         problems.append("run.branch_points: a branch (run.branch_from set) cannot itself keep branch points")
     if run.branch_from is not None and not run.branch_from:

@@ -36,3 +36,15 @@ def warmup_steps(config: Config, total_steps: int) -> tuple[int, str]:
 def decay_steps(opt: OptimizerConfig, total_steps: int) -> int:
     """WSD: the final steps spent decaying, round(decay_fraction · total_steps), at least 1 when > 0."""
     return max(round(opt.decay_fraction * total_steps), 1 if opt.decay_fraction > 0 else 0)
+
+
+def wsd_overrun(opt: OptimizerConfig, warmup: int, total_steps: int) -> str | None:
+    """The problem line when a WSD run's warmup and decay do not fit in its steps, else None."""
+    decay = decay_steps(opt, total_steps)
+    if opt.schedule != "wsd" or warmup + decay <= total_steps:
+        return None
+    if opt.warmup_rule == "fraction":
+        return (f"optimizer.decay_fraction: {opt.decay_fraction} plus optimizer.warmup_fraction {opt.warmup_fraction}"
+                " exceed the whole run for schedule=wsd (their sum must be <= 1)")
+    return (f"optimizer.decay_fraction: {decay} decay steps plus {warmup} warmup steps (optimizer.warmup_rule="
+            f"{opt.warmup_rule}) exceed the run's {total_steps} steps for schedule=wsd")

@@ -1,4 +1,4 @@
-"""Train one config under its FLOP budget into a run directory (DESIGN §3), resuming exactly if asked.
+"""Train one config under its FLOP budget into a run directory (docs/CONTRACTS.md), resuming exactly if asked.
 
 `train` runs in three phases, so that a rejected command leaves nothing behind:
   1. `check` — everything that can be checked without data or writes: the config, the data source,
@@ -10,6 +10,9 @@ SIGTERM/SIGINT become a flag from the start (train/stop.py): before training the
 one line (`stop.Interrupted`), during it a checkpoint of the step reached. Any failed write stops the run
 at once with a `common.files.WriteError` (one line); the last good checkpoint stays, and a rerun resumes
 bitwise. A stop or a failed write is exit 1 at the command line; a rejected command is exit 2.
+A WSD decay branch (`run.branch_from`) starts, when it has no checkpoint of its own, from its stable run's
+checkpoint at its decay start, data iterator and accumulators included (train/branches.py); a stable run
+(`run.branch_points`) keeps the checkpoints of those steps.
 
 The loop itself is short because each thing it calls has one job: `run_dir` (the directory contract),
 `budget` (steps from FLOPs), `optimizer` (AdamW + schedule), `data` (grain batches), `step` (the jitted
@@ -43,8 +46,8 @@ from train.checkpoint import Checkpointer, restore_branch_point
 from train.config import Config
 from train.energy import EnergyMeter
 from train.hardware import compute_dtype_of, describe_devices, device_peak, mfu
-from train.metric_log import MetricLog, peak_memory_bytes
 from train.lengths import warmup_steps
+from train.metric_log import MetricLog, peak_memory_bytes
 from train.optimizer import build_optimizer, schedule_for
 from train.sharding import batch_sharding, check_batch_divides, make_mesh, param_shardings, replicated
 from train.step import make_eval_step, make_train_step

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from train.config import Config, ConfigError, OptimizerConfig
-from train.lengths import decay_steps, warmup_steps
+from train.lengths import decay_steps, warmup_steps, wsd_overrun
 
 
 def _fraction_warmup(opt: OptimizerConfig, total_steps: int) -> int:
@@ -61,14 +61,9 @@ def learning_rate_schedule(opt: OptimizerConfig, total_steps: int, warmup: int |
         return optax.join_schedules([ramp, optax.constant_schedule(peak)], [warmup])
     if opt.schedule == "wsd":
         decay = decay_steps(opt, total_steps)
-        if warmup + decay > total_steps:
-            raise ConfigError([
-                f"optimizer.decay_fraction: {opt.decay_fraction} plus optimizer.warmup_fraction"
-                f" {opt.warmup_fraction} exceed the whole run for schedule=wsd (their sum must be <= 1)"
-                if opt.warmup_rule == "fraction" else
-                f"optimizer.decay_fraction: {decay} decay steps plus {warmup} warmup steps "
-                f"(optimizer.warmup_rule={opt.warmup_rule}) exceed the run's {total_steps} steps for schedule=wsd"
-            ])
+        overrun = wsd_overrun(opt, warmup, total_steps)
+        if overrun:
+            raise ConfigError([overrun])
         decay_start = total_steps - decay
         return optax.join_schedules(
             [ramp, optax.constant_schedule(peak), _decay(peak, floor, decay)], [warmup, decay_start]
