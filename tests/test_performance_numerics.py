@@ -117,6 +117,7 @@ def _losses(model_cfg: ModelConfig, steps: int = 5) -> list[float]:
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", [dict(attention="mha"), dict(attention="gqa", n_kv_heads=2)])
 def test_fp32_training_loss_unchanged_by_fast_paths(attention):
     plain = _losses(dataclasses.replace(SMALL, **attention, **PLAIN))
@@ -125,6 +126,7 @@ def test_fp32_training_loss_unchanged_by_fast_paths(attention):
     np.testing.assert_allclose(fast, plain, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_training_loss_close_to_plain_path():
     plain = _losses(dataclasses.replace(SMALL, precision="bf16_mixed", **PLAIN))
     fast = _losses(dataclasses.replace(SMALL, precision="bf16_mixed", **FAST))
@@ -187,6 +189,7 @@ def _page_faults(mode: str) -> tuple[bool, int]:
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.slow
 def test_host_allocator_keeps_xla_temporaries_mapped():
     """With glibc's defaults every call of a jitted function faults fresh pages in for its intermediates
     (~2,000 a call here, ~195,000 a train step of shape A); configured, the heap is reused."""
