@@ -27,7 +27,8 @@ from analysis.sources import (
 )
 from common.files import WriteError, atomic_write
 from common.validation import (
-    finite_float, non_negative_float, non_negative_int, output_directory, output_file, positive_float, positive_int,
+    finite_float, non_negative_float, non_negative_int, one_line_parser_errors, output_directory, output_file,
+    positive_float, positive_int,
 )
 
 
@@ -77,13 +78,8 @@ def register(subparsers) -> None:
 
 
 def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
-
-    def error(message):  # argparse's own errors, also as one line
-        print(f"isoflop {name}: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    parser.error = error
+    parser = one_line_parser_errors(subparsers.add_parser(name, help=help_text, description=help_text),
+                                    f"isoflop {name}")
     parser.set_defaults(func=_one_line_errors(name, handler), parser=parser)
     return parser
 
