@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from analysis import chinchilla, datacon, frontier, kaplan, overtrain
+from analysis import chinchilla, conditional, datacon, frontier, kaplan, overtrain
 from analysis.bootstrap import bootstrap
 from analysis.errors import AnalysisError
 from analysis.laws import PF_DAY_FLOPS, ChinchillaLaw
@@ -19,12 +19,13 @@ from analysis.robust import Objective, objective_named
 from analysis.select import repeated_sizes
 from analysis.sources import Dataset
 
-APPROACHES = ("1", "2", "3", "kaplan", "overtrain", "datacon")  # what a report of runs fits
+APPROACHES = ("1", "2", "3", "kaplan", "overtrain", "datacon", "conditional")  # what a report of runs fits
 FIT_APPROACHES = APPROACHES + ("frontier",)  # plus fits of a table of optima
 # Each law as its paper fitted it: Hoffmann et al. (and Muennighoff et al., following them) Huber on log L;
 # Gadre et al. least squares on L (scipy.optimize.curve_fit).
-DEFAULT_OBJECTIVES = {"3": "huber-log", "datacon": "huber-log", "overtrain": "lsq"}
-PAPERS = {"3": "Hoffmann et al. 2022", "datacon": "Muennighoff et al. 2023", "overtrain": "Gadre et al. 2024"}
+DEFAULT_OBJECTIVES = {"3": "huber-log", "datacon": "huber-log", "overtrain": "lsq", "conditional": "huber-log"}
+PAPERS = {"3": "Hoffmann et al. 2022", "datacon": "Muennighoff et al. 2023", "overtrain": "Gadre et al. 2024",
+          "conditional": "Hoffmann et al. 2022 (approach 3)"}
 DEFAULT_LBFGS_STARTS = 64
 
 
@@ -232,6 +233,36 @@ def _kaplan_resample(point, options):
     return lambda sample: kaplan.fit_kaplan(sample, joint_starts=start, budgets=budgets)
 
 
+def _conditional_point(data, options):
+    return conditional.fit_conditional(data, n_best=options.lbfgs_starts, objective=objective_of("conditional", options))
+
+
+def _conditional_resample(point, options):
+    start = conditional.warm_start(point)
+    return lambda sample: conditional.fit_conditional(sample, starts=start, held_out=False,
+                                                      objective=objective_of("conditional", options))
+
+
+def _describe_conditional(estimates, result):
+    details = estimates["details"]
+    held, found = details["held_out"], details["search"]
+    lines = [f"  held-out runs ({held['folds']}-fold, each part predicted by a fit to the rest): relative error "
+             f"rms {100 * held['rmse_relative']:.2f}%, max {100 * held['max_abs_relative']:.2f}%",
+             f"  search at the largest run's N={fmt(found['params'])}, D={fmt(found['tokens'])}, "
+             f"loss <= the LLaMA-style baseline's {found['target_loss']:.4f}:"]
+    for key in ("baseline", "best"):
+        arch = found[key]["architecture"]
+        lines.append(f"    {key:>8}: d={arch['d_model']} layers={arch['n_layers']} heads={arch['n_heads']} "
+                     f"kv={arch['n_kv_heads']} d_ff={arch['d_ff']} (d/√N={arch['width_ratio']:.3f}, r={arch['ratio']:.2f}, "
+                     f"N={fmt(arch['params'])})  L={found[key]['loss']:.4f}  {fmt(found[key]['tokens_per_second'])} tok/s")
+    lines.append(f"    modelled decode throughput gain over the baseline: {100 * found['throughput_gain']:+.1f}%")
+    notes = [f"the correction terms are this project's reading of {conditional.PAPER}, whose exact equation "
+             "was not available (docs/ANALYSIS-CONDITIONAL.md); GQA enters the search, not the law",
+             "throughput in the search is modelled (analysis/conditional.py CostModel, a nominal device): read "
+             "ratios, not absolute figures"]
+    return lines, notes
+
+
 _LAW_ROWS = [("E", "irreducible loss"), ("A", "coefficient of N"), ("B", "coefficient of D"),
              ("alpha", "exponent of N"), ("beta", "exponent of D")]
 
@@ -279,6 +310,13 @@ SPECS = {
     ),
 }
 
+SPECS["conditional"] = Spec(
+    "Architecture-conditional (Bian et al. 2025): L = (E + A/N^alpha + B/D^beta)·(1 + c_width·ln²(x/x*))"
+    "·(1 + c_ratio·ln²(r/r*)), x = d/√N, r = MLP/attention parameters",
+    _LAW_ROWS + [("c_width", "curvature in ln(d/√N)"), ("width_opt", "x* = optimal d/√N"),
+                 ("c_ratio", "curvature in ln r"), ("ratio_opt", "r* = optimal MLP-to-attention ratio")],
+    _conditional_point, _conditional_resample, False, _describe_conditional,
+)
 
 SPECS["frontier"] = Spec(
     "Compute-optimal frontier from a table of optima: N* = k_N·C^a, D* = k_D·C^b (least squares in log-log)",
@@ -316,7 +354,7 @@ def run_fit(data: Dataset, approach: str, options: FitOptions = FitOptions()) ->
                             + (f"as {PAPERS[approach]} fitted it)" if default else
                                f"{PAPERS[approach]} used {DEFAULT_OBJECTIVES[approach]})"))
     warning = repeated_sizes(data)
-    if warning:
+    if warning and approach != "conditional":  # varying the architecture at one N is that law's design
         result.notes.append(warning)
     epochs = data.extra("epochs")
     repeated = int(np.sum(np.isfinite(epochs) & (epochs > 1 + 1e-9)))

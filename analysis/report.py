@@ -14,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-from analysis import plots
+from analysis import conditional, plots
 from analysis.errors import AnalysisError
 from analysis.fits import APPROACHES, FitOptions, run_fit
 from analysis.results import FitResult, fmt
@@ -29,6 +29,7 @@ TITLES = {
     "kaplan": "Kaplan et al. power laws",
     "overtrain": "Over-training (Gadre et al.)",
     "datacon": "Data-constrained (Muennighoff et al.)",
+    "conditional": "Architecture-conditional (Bian et al.)",
 }
 
 
@@ -36,6 +37,8 @@ def run_all(data: Dataset, options: FitOptions) -> tuple[dict[str, FitResult], d
     """Each approach that the data support; the others with the reason they could not be fitted."""
     fits, skipped = {}, {}
     for approach in APPROACHES:
+        if approach == "conditional" and not conditional.applies(data):
+            continue  # a grid of one architecture: not a failed fit, a question the runs did not ask
         try:
             fits[approach] = run_fit(data, approach, options)
         except AnalysisError as err:
@@ -68,6 +71,13 @@ def draw_figures(data: Dataset, fits: dict[str, FitResult], out_dir: pathlib.Pat
         planned.append(("data_constrained.png", "Observed against predicted loss for L(N, D') with repeated-data "
                         "decay R_D*, and (hollow) counting repeated tokens as fresh.",
                         lambda path: plots.data_constrained(data, fits["datacon"], path)))
+    if "conditional" in fits:
+        planned.append(("conditional_pareto.png", "Predicted loss against modelled decode throughput of the "
+                        "architectures the conditional law's search considered at the largest run's N and D (Pareto "
+                        "front), the LLaMA-style baseline and the search's choice; runs with `bench infer` results "
+                        "on their own (measured) axis.",
+                        lambda path: conditional.pareto_plot(fits["conditional"].details["search"], path,
+                                                             conditional.measured_points(data))))
     planned += [
         ("efficiency.png", "Per-run model FLOPs utilisation and energy, as recorded in summary.json.",
          lambda path: plots.efficiency(data, path)),

@@ -32,6 +32,7 @@ CSV_ROLES = ("params", "tokens", "flops", "loss")
 EXTRA_NUMBERS = (
     "epochs", "unique_tokens", "mfu", "energy_kwh", "co2e_kg", "wall_seconds",
     "tokens_per_second", "peak_memory_bytes",
+    "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",  # the architecture (analysis/conditional.py)
 )
 DEFAULT_BUDGET_RTOL = 0.05
 
@@ -238,7 +239,17 @@ def _run_record(run_dir: pathlib.Path, summary: RunSummary, conventions: Convent
         value = getattr(summary, key)
         record[key] = math.nan if value is None else float(value)
     record["energy_source"] = summary.energy_source or ""
+    record["ffn"] = summary.ffn
+    record["decode_tokens_per_second"] = _best_decode_throughput(summary.inference)
     return record
+
+
+def _best_decode_throughput(inference) -> float:
+    """The highest decode tokens/s over the batch sizes `isoflop bench infer` measured; NaN if none."""
+    rows = (inference or {}).get("results") or []
+    values = [row.get("decode_tokens_per_second") for row in rows if isinstance(row, dict)]
+    values = [float(value) for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return max(values) if values else math.nan
 
 
 def learning_curve(run_dir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -258,6 +269,8 @@ def _dataset_from_records(source, conventions, records, notes, curves) -> Datase
     column = lambda key: np.array([record[key] for record in records], dtype=float)
     extras = {key: column(key) for key in EXTRA_NUMBERS}
     extras["energy_source"] = np.array([record["energy_source"] for record in records], dtype=object)
+    extras["ffn"] = np.array([record["ffn"] for record in records], dtype=object)
+    extras["decode_tokens_per_second"] = column("decode_tokens_per_second")
     return Dataset(
         source=source, conventions=conventions,
         params=column("params"), tokens=column("tokens"), flops=column("flops"), loss=column("loss"),
