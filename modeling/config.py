@@ -86,7 +86,7 @@ class ModelConfig:
     precision: str = "fp32"
     remat: str = "none"
     init_std: float = 0.02
-    # Performance knobs (train/PERFORMANCE.md has the measurements). "auto" picks per backend at trace time.
+    # Performance knobs (docs/PERFORMANCE.md has the measurements). "auto" picks per backend at trace time.
     # attention_impl (softmax attention kinds): "xla" = jax.nn.dot_product_attention (cuDNN flash attention
     # on GPU, the full T×T XLA composition elsewhere); "blocked" = modeling/causal_attention.py: query
     # blocks see only the keys they can attend to (about half the T×T work) and a hand-written

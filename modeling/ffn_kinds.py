@@ -250,6 +250,8 @@ def _validate_moe(cfg: ModelConfig) -> list[str]:
             problems.append(f"model.{field}: {value!r} must be an integer >= {low}")
     if not problems and cfg.moe_top_k > cfg.moe_experts:
         problems.append(f"model.moe_top_k: {cfg.moe_top_k} must be at most model.moe_experts={cfg.moe_experts}")
+    if not problems and isinstance(cfg.n_layers, int) and cfg.moe_every > cfg.n_layers:
+        problems.append(f"model.moe_every: {cfg.moe_every} exceeds model.n_layers={cfg.n_layers}; no layer would be routed")
     if cfg.moe_expert_ffn not in REGISTRY or REGISTRY[cfg.moe_expert_ffn].routed:
         dense = tuple(name for name, kind in REGISTRY.items() if not kind.routed)
         problems += one_of("model.moe_expert_ffn", cfg.moe_expert_ffn, dense)

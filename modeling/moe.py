@@ -211,3 +211,14 @@ def _stacked_experts(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
 
 
 feedforward.register("moe")(MoE)
+
+
+def router_log_scalars(metrics: dict) -> dict[str, float]:
+    """The router statistics of a step's metrics as plain numbers for metrics.jsonl / TensorBoard:
+    `moe_*` scalars, `moe_expert_load_<e>` per expert, and `aux_loss`; {} for a model with no routed layer."""
+    if "moe_expert_load" not in metrics:
+        return {}
+    scalars = {key: float(value) for key, value in metrics.items()
+               if key.startswith("moe_") and key != "moe_expert_load"}
+    scalars |= {f"moe_expert_load_{e}": float(load) for e, load in enumerate(jax.device_get(metrics["moe_expert_load"]))}
+    return {"aux_loss": float(metrics["aux_loss"]), **scalars}

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import jax
 from flax import nnx
-from jax.sharding import PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")
@@ -66,7 +66,16 @@ def _logical_names(variable) -> tuple | None:
     return variable.get_metadata().get("out_sharding") if isinstance(variable, nnx.Variable) else None
 
 
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
 def param_specs(state, mesh_shape: Mapping[str, int]):
-    """The PartitionSpec of every parameter of an `nnx.split` state (Variables as leaves), by `RULES`."""
-    return jax.tree.map(lambda var: mesh_spec(_logical_names(var), var.shape, mesh_shape), state,
-                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+    """The `state` of `nnx.split` (or its abstract twin) with each parameter's PartitionSpec by `RULES`."""
+    return jax.tree.map(lambda var: mesh_spec(_logical_names(var), var.shape, mesh_shape), state, is_leaf=_is_variable)
+
+
+def param_shardings(state, mesh: Mesh):
+    """The NamedSharding of every parameter, shaped like `state` (Variables kept), for jit and device_put."""
+    return jax.tree.map(lambda var: var.replace(NamedSharding(mesh, mesh_spec(_logical_names(var), var.shape, mesh.shape))),
+                        state, is_leaf=_is_variable)

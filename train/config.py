@@ -108,6 +108,7 @@ class RunConfig:
     mesh_data: int = -1  # -1: all devices not used by the other axes
     mesh_fsdp: int = 1
     mesh_tensor: int = 1
+    mesh_expert: int = 1  # devices an MoE's experts are split over (modeling/sharding.py); also splits the batch
     # Set by grids (launch/plan.py), recorded in the summary:
     lr_sweep: str | None = None  # the learning-rate sweep group this run belongs to (analysis keeps its best)
     branch_points: tuple[int, ...] = ()  # a WSD stable run: keep checkpoints at these steps for its branches
@@ -324,7 +325,8 @@ def _run_problems(run: RunConfig) -> list[str]:
         problems += name_component("run.run_id", run.run_id)
     problems += output_directory("run.out_dir", run.out_dir)
     problems += in_range("run.seed", run.seed, 0, MAX_SEED)
-    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "mesh_fsdp", "mesh_tensor"):
+    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "mesh_fsdp", "mesh_tensor",
+                  "mesh_expert"):
         problems += positive(f"run.{field}", getattr(run, field))
     if run.mesh_data == 0 or run.mesh_data < -1:
         problems.append(f"run.mesh_data: {run.mesh_data} must be -1 (all remaining devices) or > 0")

@@ -50,6 +50,7 @@ from train.lengths import warmup_steps
 from train.metric_log import MetricLog, peak_memory_bytes
 from train.optimizer import build_optimizer, schedule_for
 from train.sharding import batch_sharding, check_batch_divides, make_mesh, param_shardings, replicated
+from modeling.moe import router_log_scalars
 from train.step import make_eval_step, make_train_step
 
 
@@ -318,6 +319,7 @@ class _Session:
                     "mfu": mfu(self.mfu_flops_per_token * tokens_per_second, len(self.devices), self.peak),
                     "peak_memory_bytes": memory_bytes,
                     "peak_memory_source": memory_source,
+                    **router_log_scalars(metrics),  # an MoE's aux_loss and router health; {} for dense
                 }
             if is_eval:
                 record["eval_loss"] = _evaluate(setup.eval_step, self.params, self.eval_batches, setup.data_sharding)

@@ -18,6 +18,7 @@ TensorBoard tags (tensorboardX event files in the run directory):
     energy_kwh -> energy/kwh              co2e_kg -> energy/co2e_kg
     tokens -> progress/tokens             wall_seconds -> progress/wall_seconds
     flops_<convention> -> progress/flops_<convention>   (6N, 6N_attn, chinchilla, compiled)
+    aux_loss -> train/aux_loss            moe_<name> -> moe/<name>   (router health, modeling/moe.py)
     any other number -> misc/<key>; a key already holding '/' is used as the tag.
 Strings (e.g. energy_source) and nulls go to metrics.jsonl only.
 """
@@ -50,6 +51,7 @@ TAGS = {
     "co2e_kg": "energy/co2e_kg",
     "tokens": "progress/tokens",
     "wall_seconds": "progress/wall_seconds",
+    "aux_loss": "train/aux_loss",
 }
 
 
@@ -61,6 +63,8 @@ def tag_of(key: str) -> str:
         return TAGS[key]
     if key.startswith("flops_"):
         return f"progress/{key}"
+    if key.startswith("moe_"):  # router health of a mixture of experts (modeling/moe.py)
+        return f"moe/{key[len('moe_'):]}"
     return f"misc/{key}"
 
 

@@ -16,14 +16,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from train.loss import model_loss
+from train.loss import objective_and_metrics
 
 
 def make_loss_and_grads(graphdef, z_loss: float, grad_accum_steps: int) -> Callable:
-    """(params, batch) -> ((objective, cross_entropy), grads), averaged over micro-batches."""
+    """(params, batch) -> ((objective, metrics), grads), averaged over micro-batches; metrics holds the
+    cross-entropy ("loss") and the model's auxiliary terms (an MoE's aux_loss and router statistics)."""
 
     def loss_of_params(params, batch):
-        return model_loss(nnx.merge(graphdef, params), batch, z_loss)
+        return objective_and_metrics(nnx.merge(graphdef, params), batch, z_loss)
 
     grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
     if grad_accum_steps == 1:
@@ -33,10 +34,10 @@ def make_loss_and_grads(graphdef, z_loss: float, grad_accum_steps: int) -> Calla
         micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
 
         def add(total, micro_batch):
-            (objective, nll), grads = grad_fn(params, micro_batch)
-            return jax.tree.map(jnp.add, total, ((objective, nll), grads)), None
+            return jax.tree.map(jnp.add, total, grad_fn(params, micro_batch)), None
 
-        zeros = ((jnp.zeros(()), jnp.zeros(())), jax.tree.map(jnp.zeros_like, params))
+        shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
         total, _ = jax.lax.scan(add, zeros, micro)
         return jax.tree.map(lambda x: x / grad_accum_steps, total)
 
@@ -45,7 +46,8 @@ def make_loss_and_grads(graphdef, z_loss: float, grad_accum_steps: int) -> Calla
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, z_loss: float, grad_accum_steps: int,
                     shardings=None) -> Callable:
-    """Returns step(params, opt_state, batch) -> (params, opt_state, {"loss", "objective", "grad_norm"}).
+    """Returns step(params, opt_state, batch) -> (params, opt_state, {"loss", "objective", "grad_norm", and
+    the model's auxiliary terms}).
 
     `shardings` = (params, opt_state, batch) NamedShardings pins the layout of inputs and outputs so
     the step compiles once; None lets jit follow its inputs (single device).
@@ -53,10 +55,10 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *, z_loss
     loss_and_grads = make_loss_and_grads(graphdef, z_loss, grad_accum_steps)
 
     def step(params, opt_state, batch):
-        (objective, nll), grads = loss_and_grads(params, batch)
+        (objective, metrics), grads = loss_and_grads(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": nll, "objective": objective, "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, {**metrics, "objective": objective, "grad_norm": optax.tree.norm(grads)}
 
     if shardings is None:
         return jax.jit(step, donate_argnums=(0, 1))
@@ -69,6 +71,6 @@ def make_eval_step(graphdef) -> Callable:
     """eval(params, batch) -> mean token cross-entropy."""
 
     def evaluate(params, batch):
-        return model_loss(nnx.merge(graphdef, params), batch)[1]
+        return objective_and_metrics(nnx.merge(graphdef, params), batch)[1]["loss"]
 
     return jax.jit(evaluate)

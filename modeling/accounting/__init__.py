@@ -1,7 +1,7 @@
 """Analytic accounting of a ModelConfig: parameters, FLOPs, KV cache and memory — shapes only, no arrays.
 
 - `params`: parameter counts and what counts as embedding (`param_counts`).
-- `flops`:  FLOPs per token under the conventions of DESIGN §4 (`6N`, `6N_attn`, `chinchilla`),
+- `flops`:  FLOPs per token under docs/CONVENTIONS.md, 'FLOP conventions' (`6N`, `6N_attn`, `chinchilla`),
             per layer and op (`layer_forward_flops`, `forward_breakdown`); causal attention is not halved.
 - `xla`:    the same step as XLA's cost analysis counts it, to compare with the compiled count.
 - `memory`: KV-cache / decode-state bytes and a training-memory estimate.

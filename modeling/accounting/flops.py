@@ -1,4 +1,4 @@
-"""Analytic FLOPs per token under the conventions of DESIGN §4 (2 FLOPs per multiply-add).
+"""Analytic FLOPs per token under docs/CONVENTIONS.md, 'FLOP conventions' (2 FLOPs per multiply-add).
 
 The convention names are `common.vocabulary.BUDGET_FLOP_CONVENTIONS`; each attention kind's share comes
 from its registry entry (`modeling/attention_kinds.py`), each FFN kind's from `modeling/ffn_kinds.py`.
@@ -26,6 +26,9 @@ anyway). `CAUSAL_ATTENTION_HALVED` says so in every report.
                  H·(C_eff + 4·hd) (row sums, z += φk, φq·z, the division). The feature map is an
                  activation and, like FFN activations, norms, RoPE and biases, is not counted.
                * Learned positions are an add, not a matmul: not counted (Chinchilla used relative ones).
+               * Mixture of experts: a routed layer charges its router 2·d·E and the k routed plus the
+                 shared experts a token visits (never capacity padding, which is hardware work:
+                 docs/MOE.md); N for the 6N conventions is the active parameters.
 
 Training FLOPs are 3 × forward for every convention (backward = 2 × forward). Forward-only numbers are
 the inference cost per token of a full-context forward pass.
