@@ -201,6 +201,11 @@ def _outcome(run_dir: pathlib.Path, since: float, error: str | None) -> dict:
         return {"status": "failed", "error": str(err)}
 
 
+# Importing submitit runs logging.config.dictConfig, which shuts down every handler already registered;
+# absl's handler then closes the stream it had captured (a redirected or test-captured stderr). Without
+# that configuration submitit's warnings still reach the current stderr (logging's last-resort handler).
+os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
+
 try:
     import submitit
 

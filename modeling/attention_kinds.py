@@ -23,7 +23,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Callable
 
-from common.validation import one_of
+from common.registry import Registry
 
 if TYPE_CHECKING:
     from modeling.config import ModelConfig
@@ -58,29 +58,8 @@ class AttentionKind:
     windowed: bool = False  # uses model.window / model.layer_pattern (local and global layers)
 
 
-REGISTRY: dict[str, AttentionKind] = {}
-
-
-def register(kind: AttentionKind) -> AttentionKind:
-    """Add a kind; a name registered twice is a programming error, not a silent override."""
-    if kind.name in REGISTRY:
-        raise ValueError(f"attention kind {kind.name!r} is already registered")
-    REGISTRY[kind.name] = kind
-    return kind
-
-
-def unregister(name: str) -> None:
-    REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
-def get(name: str) -> AttentionKind:
-    if name not in REGISTRY:
-        raise ValueError(one_of("model.attention", name, names())[0])
-    return REGISTRY[name]
+REGISTRY: Registry[AttentionKind] = Registry("attention kind", "model.attention")
+register, unregister, names, get = REGISTRY.register, REGISTRY.unregister, REGISTRY.names, REGISTRY.get
 
 
 # ----------------------------------------------------------------------------- shared by the built-ins

@@ -128,14 +128,14 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         """Key/value heads actually built (resolves the None default per attention kind)."""
-        kind = attention_kinds.REGISTRY.get(self.attention)
+        kind = attention_kinds.REGISTRY.lookup(self.attention)
         if kind is not None and kind.fixed_kv_heads is not None:
             return kind.fixed_kv_heads
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     def layer_kind(self, layer: int) -> str:
         """'local' (windowed) or 'global' attention for one layer (only windowed kinds have local layers)."""
-        kind = attention_kinds.REGISTRY.get(self.attention)
+        kind = attention_kinds.REGISTRY.lookup(self.attention)
         if kind is None or not kind.windowed:
             return "global"
         if not self.layer_pattern:

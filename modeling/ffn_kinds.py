@@ -15,7 +15,9 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Callable
 
+from common.registry import Registry
 from common.validation import non_negative, one_of, positive
+from common.registry import Registry
 
 if TYPE_CHECKING:
     from modeling.config import ModelConfig
@@ -59,28 +61,8 @@ class XlaFfnCost:
     elementwise: float
 
 
-REGISTRY: dict[str, FfnKind] = {}
-
-
-def register(kind: FfnKind) -> FfnKind:
-    if kind.name in REGISTRY:
-        raise ValueError(f"ffn kind {kind.name!r} is already registered")
-    REGISTRY[kind.name] = kind
-    return kind
-
-
-def unregister(name: str) -> None:
-    REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
-def get(name: str) -> FfnKind:
-    if name not in REGISTRY:
-        raise ValueError(one_of("model.ffn", name, names())[0])
-    return REGISTRY[name]
+REGISTRY: Registry[FfnKind] = Registry("ffn kind", "model.ffn")
+register, unregister, names, get = REGISTRY.register, REGISTRY.unregister, REGISTRY.names, REGISTRY.get
 
 
 def layer_kind(cfg: ModelConfig, layer: int) -> str:
@@ -252,7 +234,7 @@ def _validate_moe(cfg: ModelConfig) -> list[str]:
         problems.append(f"model.moe_top_k: {cfg.moe_top_k} must be at most model.moe_experts={cfg.moe_experts}")
     if not problems and isinstance(cfg.n_layers, int) and cfg.moe_every > cfg.n_layers:
         problems.append(f"model.moe_every: {cfg.moe_every} exceeds model.n_layers={cfg.n_layers}; no layer would be routed")
-    if cfg.moe_expert_ffn not in REGISTRY or REGISTRY[cfg.moe_expert_ffn].routed:
+    if cfg.moe_expert_ffn not in REGISTRY or REGISTRY.get(cfg.moe_expert_ffn).routed:
         dense = tuple(name for name, kind in REGISTRY.items() if not kind.routed)
         problems += one_of("model.moe_expert_ffn", cfg.moe_expert_ffn, dense)
     problems += one_of("model.moe_score", cfg.moe_score, MOE_SCORES)
