@@ -13,18 +13,14 @@ from train import config as config_lib
 from train import loop
 from train.budget import plan_for
 from train.config import ConfigError
+from micro_corpus import micro_corpus
 
-TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
 DETERMINISTIC = ("step", "tokens", "train_loss", "eval_loss", "learning_rate", "grad_norm", "flops_6N",
                  "flops_6N_attn", "flops_chinchilla")
 
 
 def micro_config(tmp_path: pathlib.Path, steps: int, **run) -> config_lib.Config:
-    corpus = tmp_path / "corpus"
-    if not corpus.exists():
-        corpus.mkdir()
-        for i in range(40):
-            (corpus / f"f{i}.py").write_text(TEXT.replace("add", f"add{i}") * 12)
+    corpus = micro_corpus(tmp_path)
     tree = {
         "model": {"vocab_size": 256, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
         "data": {"source": "text", "path": str(corpus), "seq_len": 32, "batch_size": 8, "eval_tokens": 512,

@@ -16,18 +16,15 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from micro_corpus import micro_corpus
 
 pytestmark = pytest.mark.slow  # trains a model in three processes
 
-TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
 DEADLINE_SECONDS = 300  # one micro run per process; minutes more would mean a hung collective
 
 
 def write_config(tmp_path: pathlib.Path) -> pathlib.Path:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(40):
-        (corpus / f"f{i}.py").write_text(TEXT.replace("add", f"add{i}") * 12)
+    corpus = micro_corpus(tmp_path)
     tree = {
         "model": {"vocab_size": 256, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
         "data": {"source": "text", "path": str(corpus), "seq_len": 32, "batch_size": 8, "eval_tokens": 512,

@@ -13,18 +13,13 @@ import pytest
 import yaml
 
 from launch.cli import main
+from micro_corpus import micro_corpus
 
 pytestmark = pytest.mark.slow  # every test here trains a model
 
-TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
-
 
 def write_config(tmp_path: pathlib.Path, **sections) -> pathlib.Path:
-    corpus = tmp_path / "corpus"
-    if not corpus.exists():
-        corpus.mkdir()
-        for i in range(40):  # varied, learnable text: ~40 KB
-            (corpus / f"f{i}.py").write_text((TEXT.replace("add", f"add{i}") * 12))
+    corpus = micro_corpus(tmp_path)
     tree = {
         "model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
         "data": {"source": "text", "path": str(corpus), "seq_len": 32, "batch_size": 8, "eval_tokens": 512,
