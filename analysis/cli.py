@@ -72,6 +72,19 @@ def register(subparsers) -> None:
         predicting.add_argument(flag, type=positive_float, help=meaning)
     predicting.add_argument("--json", action="store_true", help="print {\"loss\": ...} and what it used as JSON")
 
+    ladder = _add(subparsers, "ladder", "the exponent a at each step of a ladder of grids, each fitted in its own "
+                  "FLOP count (Porian et al. 2024, Figure 1)", _ladder)
+    ladder.add_argument("--step", nargs=3, action="append", required=True, metavar=("LABEL", "DIR", "FLOPS"),
+                        help=f"one step: its label, its run directories, the count its budgets were spent under "
+                             f"({', '.join(FLOPS_CONVENTIONS)}); repeat in ladder order")
+    ladder.add_argument("--params", default="non_embedding",
+                        help=f"parameter count: {', '.join(PARAMS_CONVENTIONS)} (default non_embedding)")
+    ladder.add_argument("--approach3", action="store_true", help="fit approach 3 at every step as well")
+    ladder.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
+                        help="bootstrap resamples per fit (default 1000)")
+    ladder.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed, >= 0 (default 0)")
+    ladder.add_argument("-o", "--output", required=True, help="directory for ladder.md, ladder.json and ladder.png")
+
     report = _add(subparsers, "report", "every fit, PNG plots and report.md for run directories or a CSV", _report)
     _add_source_options(report)
     report.add_argument("-o", "--output", required=True, help="directory for report.md, the figures and fits.json")
@@ -272,6 +285,24 @@ def _report(args) -> int:
     path = build_report(data, args.output, options, command=reproduce_command(args))
     _warn_repeated_sizes(args, groups)
     print(f"wrote {path} ({len(list(pathlib.Path(args.output).glob('*.png')))} figures)")
+    return 0
+
+
+def _ladder(args) -> int:
+    from analysis.ladder import Step, fit_steps, table, write_ladder
+
+    problems = output_directory("-o/--output", args.output)  # before any fit, so nothing is wasted
+    if problems:
+        raise AnalysisError(problems[0])
+    steps = [Step(label, source, flops) for label, source, flops in args.step]
+    options = FitOptions(n_resamples=args.bootstrap, seed=args.seed, progress=True)
+    fits = fit_steps(steps, args.params, options, approach3=args.approach3)
+    command = " ".join(["isoflop ladder"] + [f"--step {shlex.quote(s.label)} {shlex.quote(s.source)} {s.flops}"
+                                             for s in steps]
+                       + (["--approach3"] if args.approach3 else []) + [f"-o {shlex.quote(args.output)}"])
+    path = write_ladder(fits, args.output, command)
+    print(table(fits))
+    print(f"wrote {path}")
     return 0
 
 

@@ -286,3 +286,40 @@ def data_constrained(data: Dataset, result: FitResult, path) -> pathlib.Path:
     ax.set_title(f"Data-constrained fit: R_D* = {est['R_D_star']:.3g}\n" + _subtitle(data), fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def ladder_figure(fits, path, reference=()) -> pathlib.Path:
+    """Porian et al. 2024's Figure 1 for a ladder (analysis/ladder.py): the approach-2 optima N_opt(C) and
+    their power law per step (left), and the fitted exponent a per step with its interval (right), beside
+    the published exponents in `reference` [(label, a)]."""
+    fig, (frontier, exponents) = _figure(ncols=2, width=5.6)
+    colours = matplotlib.colormaps["plasma"](np.linspace(0.05, 0.8, len(fits)))
+    for i, (fit, colour) in enumerate(zip(fits, colours)):
+        two = fit.approach2
+        budgets = two.details["budgets"]
+        flops = np.array([b["flops"] for b in budgets])
+        frontier.scatter(flops, [b["params_opt"] for b in budgets], color=colour, s=20, zorder=3)
+        span = np.geomspace(flops.min(), flops.max(), 50)
+        frontier.plot(span, two.estimates["k_N"] * span ** two.estimates["a"], color=colour, lw=1.2,
+                      label=f"{fit.step.label}: a = {two.estimates['a']:.2f}")
+        low, high = two.ci.get("a", (np.nan, np.nan))
+        exponents.errorbar([i], [two.estimates["a"]], yerr=[[two.estimates["a"] - low], [high - two.estimates["a"]]],
+                           fmt="o", color=colour, capsize=4, label=None)
+        if fit.approach3 is not None:
+            low3, high3 = fit.approach3.ci.get("a", (np.nan, np.nan))
+            a3 = fit.approach3.estimates["a"]
+            exponents.errorbar([i + 0.15], [a3], yerr=[[a3 - low3], [high3 - a3]], fmt="s", mfc="white",
+                               color=colour, capsize=3, label="approach 3" if i == 0 else None)
+    for (label, value), style in zip(reference, (":", "--")):
+        exponents.axhline(value, color="grey", ls=style, lw=1, label=f"{label}: {value:g}")
+    frontier.set_xscale("log")
+    frontier.set_yscale("log")
+    frontier.set_xlabel(f"training FLOPs C (each step in its own count)")
+    frontier.set_ylabel(f"N_opt ({fits[0].approach2.conventions.label('params')} params)")
+    frontier.set_title("Compute-optimal size per step (approach 2)", fontsize=10)
+    frontier.legend(fontsize=7)
+    exponents.set_xticks(range(len(fits)), [fit.step.label for fit in fits], fontsize=8, rotation=15)
+    exponents.set_ylabel(f"a in N_opt ∝ C^a ({fits[0].approach2.ci_level:g}% bootstrap CI)")
+    exponents.set_title("Fitted exponent per step (circles: approach 2)", fontsize=10)
+    exponents.legend(fontsize=7)
+    return _save(fig, path)

@@ -45,7 +45,6 @@ from common.validation import (
     one_of,
     output_directory,
     positive,
-    read_yaml_mapping,
 )
 from common.vocabulary import BUDGET_FLOP_CONVENTIONS, PARAM_KINDS
 from modeling.accounting import param_counts
@@ -472,7 +471,7 @@ def _find_config(target: str, relative_to: pathlib.Path) -> pathlib.Path | None:
 def load_spec(path: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> GridSpec:
     """Read and check a grid spec (the configs it makes are checked by `plan`); `out_dir` is --out-dir."""
     path = pathlib.Path(path)
-    raw = read_yaml_mapping(path, "spec", "name, kind, base, ...")
+    raw = config_lib.load_yaml_tree(path, "spec", "name, kind, base, ...")  # a spec may `extend` another
     kind = raw.get("kind")
     if kind not in KINDS:
         raise ConfigError(one_of("kind", kind, KINDS))
@@ -647,10 +646,13 @@ def parse_ladder(raw: dict, problems: list) -> Ladder | None:
     ladder = dataclasses.replace(ladder, **{key: _ratio(value, f"ladder.{key}", problems)
                                             for key, value in ratios.items()})
     problems += positive("ladder.head_dim", ladder.head_dim) + positive("ladder.ffn_multiple", ladder.ffn_multiple)
-    if (ladder.d_model is None) == (ladder.n_layers is None):
-        problems.append("ladder: set exactly one of d_model (a list of widths) or n_layers (a list of depths)")
-    else:
-        axis = "d_model" if ladder.d_model is not None else "n_layers"
+    axes = [axis for axis in ("d_model", "n_layers") if getattr(ladder, axis) is not None]
+    if not axes:
+        problems.append("ladder: set d_model (a list of widths), n_layers (a list of depths), or both (as pairs)")
+    if len(axes) == 2 and len(ladder.d_model) != len(ladder.n_layers):
+        problems.append(f"ladder: d_model and n_layers pair up one to one, got {len(ladder.d_model)} widths and "
+                        f"{len(ladder.n_layers)} depths")
+    for axis in axes:
         values = getattr(ladder, axis)
         if not values:
             problems.append(f"ladder.{axis}: expected a non-empty list, got []")
@@ -661,15 +663,18 @@ def parse_ladder(raw: dict, problems: list) -> Ladder | None:
 def ladder_models(ladder: Ladder, problems: list) -> list[ModelChoice]:
     """Model sizes at a fixed aspect ratio d_model / n_layers, like configs/models/ladder-*.yaml.
 
-    Either `d_model: [...]` (n_layers = d_model / aspect_ratio, rounded half up, at least 1) or
-    `n_layers: [...]` (d_model = aspect_ratio × n_layers rounded to a multiple of head_dim).
+    Either `d_model: [...]` (n_layers = d_model / aspect_ratio, rounded half up, at least 1),
+    `n_layers: [...]` (d_model = aspect_ratio × n_layers rounded to a multiple of head_dim), or both, paired
+    one to one (sizes spaced evenly in N, which one aspect ratio cannot give at a few layers).
     n_heads = d_model / head_dim; d_ff = ffn_ratio × d_model rounded up to a multiple of ffn_multiple.
     """
     aspect, head_dim = ladder.aspect_ratio, ladder.head_dim
     shapes = []
     for i, value in enumerate(ladder.d_model if ladder.d_model is not None else ladder.n_layers):
         if ladder.d_model is not None:
-            d_model, n_layers = value, max(1, math.floor(value / aspect + fractions.Fraction(1, 2)))
+            d_model = value
+            n_layers = (ladder.n_layers[i] if ladder.n_layers is not None
+                        else max(1, math.floor(value / aspect + fractions.Fraction(1, 2))))
             if d_model % head_dim:
                 problems.append(f"ladder.d_model[{i}]: {d_model} is not a multiple of ladder.head_dim={head_dim}")
                 continue

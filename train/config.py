@@ -172,16 +172,18 @@ def _resolve_extends(target, relative_to: pathlib.Path) -> pathlib.Path:
     raise ConfigError([f"extends: {target!r} not found next to {relative_to} or under {CONFIG_ROOT}"])
 
 
-def load_yaml_tree(path: str | pathlib.Path, _seen: tuple = ()) -> dict:
-    """The YAML at `path` merged over the file it `extends` (recursively)."""
+def load_yaml_tree(path: str | pathlib.Path, what: str = "config", expected: str = "of sections",
+                   _seen: tuple = ()) -> dict:
+    """The YAML at `path` merged over the file it `extends` (recursively); training configs and grid specs
+    (`what`, `expected` word the error when a file is not a mapping) layer the same way."""
     path = pathlib.Path(path)
     if path.resolve() in _seen:
         raise ConfigError([f"extends: cycle through {path}"])
-    raw = read_yaml_mapping(path, "config", "of sections")
+    raw = read_yaml_mapping(path, what, expected)
     if "extends" not in raw:
         return raw
     parent = raw.pop("extends")
-    base = load_yaml_tree(_resolve_extends(parent, path.parent), _seen + (path.resolve(),))
+    base = load_yaml_tree(_resolve_extends(parent, path.parent), what, expected, _seen + (path.resolve(),))
     return deep_merge(base, raw)
 
 
