@@ -20,7 +20,9 @@ from analysis.presets import PRESETS, chinchilla_form, predict, read_law
 from analysis.results import fmt, samples_csv
 from analysis.robust import OBJECTIVES, objective_named
 from analysis.select import parse_group_by, parse_where, repeated_sizes, select, split
-from analysis.sizing import compute_optimal_tokens, size
+from analysis.conditional import CostModel, SearchSpace, measured_cost_model
+from analysis.conditional import read_law as read_conditional_law
+from analysis.sizing import BASELINE_SHAPE, architecture_target, compute_optimal_tokens, size, size_architecture
 from analysis.sources import (
     DEFAULT_BUDGET_RTOL, FLOPS_CONVENTIONS, LOSS_CHOICES, PARAMS_CONVENTIONS, Conventions, exclude_outliers,
     load_source,
@@ -49,7 +51,8 @@ def register(subparsers) -> None:
     sizing = _add(subparsers, "size", "inference-aware sizing (Sardana & Frankle 2023) from a fitted L(N, D)", _size)
     sizing.add_argument("--law", required=True,
                         help="FIT.json from `isoflop fit --approach 3 --json` (or law.json from a report), "
-                             f"or a published law: {', '.join(PRESETS)}")
+                             f"or a published law: {', '.join(PRESETS)}; with --architecture, "
+                             "`isoflop fit --approach conditional --json` (or a report's fits.json)")
     sizing.add_argument("--inference-tokens", type=non_negative_float, required=True,
                         help="lifetime inference tokens D_inf")
     target = sizing.add_mutually_exclusive_group(required=True)
@@ -61,6 +64,27 @@ def register(subparsers) -> None:
                         help="the target is the loss of a compute-optimal N-parameter model under the law "
                              "(Sardana & Frankle: 'the quality of a Chinchilla-optimal 13B model')")
     sizing.add_argument("--json", action="store_true", help="print the result as JSON")
+    shape = sizing.add_argument_group(
+        "architecture (docs/ANALYSIS-CONDITIONAL.md): with --architecture the cost is seconds of one device, "
+        "training plus serving, of a modelled device unless --measured")
+    shape.add_argument("--architecture", action="store_true",
+                       help="choose d_model, layers, r and KV heads too, with an architecture-conditional law "
+                            "(--law from `isoflop fit RUNS --approach conditional --json`, or a report's fits.json)")
+    shape.add_argument("--measured", metavar="RUNS",
+                       help="take the device from these run directories: `isoflop bench infer` results and the "
+                            "runs' training throughput")
+    shape.add_argument("--serve-batch", type=positive_int, help=f"sequences decoded together (default {CostModel.batch})")
+    shape.add_argument("--serve-context", type=positive_int,
+                       help=f"tokens of context a decoded token attends to (default {CostModel.context})")
+    shape.add_argument("--bandwidth", type=positive_float,
+                       help=f"modelled device: memory bandwidth in bytes/s (default {CostModel.bandwidth:g})")
+    shape.add_argument("--peak-flops", type=positive_float,
+                       help=f"modelled device: peak FLOP/s (default {CostModel.peak_flops:g})")
+    shape.add_argument("--train-mfu", type=mfu_fraction,
+                       help=f"modelled device: training FLOP/s as a fraction of the peak (default "
+                            f"{CostModel.train_flops_per_second / CostModel.peak_flops:g})")
+    shape.add_argument("--max-heads-per-kv", type=positive_int, metavar="K",
+                       help="at most K query heads per KV head (the law has no GQA term; default: no cap)")
 
     predicting = _add(subparsers, "predict", "the loss a published or fitted scaling law predicts", _predict)
     predicting.add_argument("--law", required=True,
@@ -193,6 +217,14 @@ def ci_level(text: str) -> float:
     return value
 
 
+def mfu_fraction(text: str) -> float:
+    """argparse type of --train-mfu: a fraction of the peak, 0 < MFU <= 1."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the peak, 0 < MFU <= 1 (got {text!r})")
+    return value
+
+
 def parabola_window(text: str) -> int:
     """argparse type of --window: a parabola needs three points."""
     value = positive_int(text)
@@ -318,7 +350,17 @@ def _predict(args) -> int:
     return 0
 
 
+ARCHITECTURE_OPTIONS = (("--measured", "measured"), ("--serve-batch", "serve_batch"), ("--serve-context", "serve_context"),
+                        ("--bandwidth", "bandwidth"), ("--peak-flops", "peak_flops"), ("--train-mfu", "train_mfu"),
+                        ("--max-heads-per-kv", "max_heads_per_kv"))
+
+
 def _size(args) -> int:
+    if args.architecture:
+        return _size_architecture(args)
+    given = [flag for flag, dest in ARCHITECTURE_OPTIONS if getattr(args, dest) is not None]
+    if given:
+        raise AnalysisError(f"{given[0]} applies with --architecture only")
     law, origin = read_law(args.law)
     law, restriction = chinchilla_form(law, args.law)
     origin += restriction
@@ -352,5 +394,71 @@ def _size(args) -> int:
         f"({result.inference_optimal.params / result.chinchilla.params:.2f}x the parameters); "
         f"FLOPs saved: {fmt(result.flops_saved)} ({100 * saved:.1f}% of the Chinchilla-optimal lifetime total)"
     )
+    print("\n".join(lines))
+    return 0
+
+
+def _size_architecture(args) -> int:
+    """`size --architecture`: every input checked (law, device, target) before the search runs."""
+    if args.law in PRESETS:
+        raise AnalysisError(f"--law {args.law}: a published L(N, D) has no architecture terms; --architecture needs "
+                            "`isoflop fit RUNS --approach conditional --json`")
+    law, origin = read_conditional_law(args.law)
+    batch, context = args.serve_batch or CostModel.batch, args.serve_context or CostModel.context
+    if args.measured is not None:
+        modelled = [flag for flag, dest in ARCHITECTURE_OPTIONS[3:6] if getattr(args, dest) is not None]
+        if modelled:
+            raise AnalysisError(f"{modelled[0]} describes the modelled device; with --measured the device is the runs'")
+        cost, device = measured_cost_model(args.measured, batch, context)
+    else:
+        peak = args.peak_flops or CostModel.peak_flops
+        mfu = args.train_mfu or CostModel.train_flops_per_second / CostModel.peak_flops
+        cost = CostModel(batch=batch, context=context, bandwidth=args.bandwidth or CostModel.bandwidth, peak_flops=peak,
+                         train_flops_per_second=mfu * peak)
+        device = (f"a modelled device ({fmt(cost.bandwidth)} bytes/s, {fmt(peak)} FLOP/s peak; nominal unless set: read "
+                  f"ratios): training at {mfu:.0%} MFU, decoding at the roofline bound")
+    target_loss, what = architecture_target(law, args.target_loss, args.budget, args.target_params)
+    result = size_architecture(law, args.inference_tokens, target_loss, cost,
+                               SearchSpace(max_heads_per_kv=args.max_heads_per_kv), what)
+    assumptions = [
+        f"cost: seconds of one device ({device})",
+        f"training: 6·N·D FLOPs at {fmt(cost.train_flops_per_second)} FLOP/s; serving: D_inf decoded tokens at the "
+        f"architecture's decode tokens/s, a roofline step at batch {cost.batch}, context {cost.context}, "
+        f"{cost.bytes_per_element:g}-byte weights and KV cache (prefill not counted)",
+        f"baseline: LLaMA-style (d/√N {BASELINE_SHAPE[0]}, r {BASELINE_SHAPE[1]:g}, {BASELINE_SHAPE[2]} query heads per KV "
+        "head) at the N, D of least training cost for the target (Chinchilla-optimal); 'sized': that shape at the N, "
+        "D of least lifetime cost",
+    ]
+    if args.max_heads_per_kv is None:
+        assumptions.append("the law has no GQA term, so n_kv_heads is chosen for decode speed alone (up to one KV "
+                           "head); cap it with --max-heads-per-kv")
+    if args.json:
+        print(json.dumps({**result.as_dict(), "law": law.as_dict(), "law_source": origin, "assumptions": assumptions},
+                         indent=2))
+        return 0
+    lines = [
+        "Architecture-aware sizing (Bian et al. 2025 law, Sardana & Frankle 2023 lifetime): minimise training + "
+        "serving time subject to L(N, D, d/√N, r) = target",
+        f"law: L = ({law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g}) · shape factor "
+        f"(optimum d/√N = {law.width_opt:.4g}, r = {law.ratio_opt:.4g}; curvatures {law.c_width:.3g}, {law.c_ratio:.3g}) "
+        f"from {origin}",
+        f"target: L = {result.target_loss:.4f}{what}; lifetime inference tokens D_inf = {fmt(args.inference_tokens)}",
+        f"  {'':<19} {'params N':>9} {'tokens D':>9} {'D/N':>6} {'d_model':>7} {'layers':>6} {'heads':>5} {'kv':>3} "
+        f"{'d_ff':>6} {'r':>5} {'d/√N':>6} {'loss':>7} {'decode/s':>9} {'train h':>9} {'serve h':>9} {'total h':>9}",
+    ]
+    rows = (("LLaMA-style", result.baseline), ("LLaMA-style, sized", result.baseline_lifetime),
+            ("recommended", result.recommended))
+    for label, plan in rows:
+        arch = plan.arch
+        lines.append(
+            f"  {label:<19} {fmt(arch.params):>9} {fmt(plan.tokens):>9} {plan.tokens / arch.params:>6.1f} {arch.d_model:>7} "
+            f"{arch.n_layers:>6} {arch.n_heads:>5} {arch.n_kv_heads:>3} {arch.d_ff:>6} {arch.ratio:>5.2f} "
+            f"{arch.d_model / arch.params ** 0.5:>6.3f} {plan.loss:>7.4f} {fmt(plan.tokens_per_second):>9} "
+            f"{fmt(plan.train_seconds / 3600):>9} {fmt(plan.inference_seconds / 3600):>9} {fmt(plan.total_seconds / 3600):>9}")
+    base = result.baseline.total_seconds
+    lines.append(f"saving: {fmt(result.saving_seconds / 3600)} device-hours, {100 * result.saving_seconds / base:.1f}% of "
+                 "the LLaMA-style Chinchilla-optimal lifetime total (sizing N and D alone, at the LLaMA-style shape: "
+                 f"{100 * (1 - result.baseline_lifetime.total_seconds / base):.1f}%)")
+    lines += [f"note: {line}" for line in assumptions]
     print("\n".join(lines))
     return 0

@@ -1,30 +1,37 @@
 """The architecture-conditional scaling law of Bian et al. 2025 ("Scaling Laws Meet Model Architecture:
 Toward Inference-Efficient LLMs", arXiv 2510.18245), its fit, and the search it was made for.
 
-The paper conditions Chinchilla's L(N, D) on the hidden size through d/√N (N non-embedding) and on the
-MLP-to-attention parameter ratio r, by separable U-shaped corrections that multiply L(N, D); GQA is not
-a term of the law: it enters the search, which picks n_kv_heads locally for throughput. The paper's
-exact equation could not be retrieved while this was written, so the corrections here are OUR READING
-of that description, not the paper's equation (docs/ANALYSIS-CONDITIONAL.md):
+The paper (eq. 3, multiplicative calibration) conditions Chinchilla's L(N, D) on the hidden size through
+x = d/√N (N non-embedding) and on the MLP-to-attention parameter ratio r, by separable U-shaped factors:
 
-    L(N, D, d, r) = (E + A/N^α + B/D^β) · (1 + c_w·ln²(x/x*)) · (1 + c_r·ln²(r/r*)),   x = d/√N
+    L(x, r | N, D) = (a0 + a1·ln x + a2/x) · (b0 + b1·ln r + b2/r) · L_opt(N, D)
 
-each factor 1 at its optimum (x*, r*), growing with the squared log distance from it, so every parameter
-is identified (a free scale on each factor would trade against A, B and E). It is fitted as approach 3
-is (analysis/robust.py: summed Huber δ=1e-3 on log L, L-BFGS from screened starts).
+Fitted jointly with E, A, B of L_opt, the scale of each factor trades exactly against E, A and B, so it
+is written here divided by its minimum, which identifies every parameter (docs/ANALYSIS-CONDITIONAL.md):
+
+    L = (E + A/N^α + B/D^β) · (1 + c_w·h(ln(x/x*))) · (1 + c_r·h(ln(r/r*))),   h(u) = u + e^-u - 1
+
+with x* = a2/a1, c_w = a1/(a0 + a1·ln x* + a1), and likewise for r. GQA is not a term of the law: it
+enters the search, which picks n_kv_heads locally for throughput. It is fitted as approach 3 is
+(analysis/robust.py: summed Huber δ=1e-3 on log L, L-BFGS from screened starts), all nine parameters at
+once, where the paper fixes L_opt first and fits the factors by least squares.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pathlib
 
 import numpy as np
 
 from analysis import chinchilla
 from analysis.errors import AnalysisError
+from analysis.laws import ChinchillaLaw
 from analysis.robust import OBJECTIVES, Objective, fit_log_model, grid, log_sum_exp_terms
 from analysis.sources import Dataset
+from common.run_contract import SUMMARY_FILE, ContractError, read_summary
 
 PAPER = "Bian et al. 2025 (arXiv 2510.18245)"
 ARCH_COLUMNS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
@@ -121,10 +128,15 @@ class ConditionalLaw:
     def correction(self, width, ratio):
         """The architecture's factor, 1 at (x*, r*)."""
         u, v = np.log(np.asarray(width, float) / self.width_opt), np.log(np.asarray(ratio, float) / self.ratio_opt)
-        return (1 + self.c_width * u**2) * (1 + self.c_ratio * v**2)
+        return (1 + self.c_width * excess(u)) * (1 + self.c_ratio * excess(v))
 
     def loss(self, n, d, width, ratio):
         return self.base(n, d) * self.correction(width, ratio)
+
+    def at_shape(self, width, ratio) -> ChinchillaLaw:
+        """L(N, D) of models of one shape (x, r): Chinchilla's law with E, A and B scaled by its factor."""
+        k = float(self.correction(width, ratio))
+        return ChinchillaLaw(E=k * self.E, A=k * self.A, B=k * self.B, alpha=self.alpha, beta=self.beta)
 
     def as_dict(self) -> dict:
         return {name: float(getattr(self, name)) for name in NAMES}
@@ -143,11 +155,19 @@ def _theta_of(law: ConditionalLaw) -> np.ndarray:
                      np.log(law.ratio_opt)])
 
 
+def excess(u):
+    """h(u) = u + e^-u - 1 at u = ln(x/x*): the paper's c0 + c1·ln x + c2/x less its minimum, per unit c1
+    (x* = c2/c1). Zero at x*, ≈ u²/2 near it; grows like ln x above it and like 1/x below."""
+    u = np.asarray(u, dtype=float)
+    return u + np.expm1(-u)
+
+
 def _u_shape(log_c, centre, log_x):
-    """log(1 + c·(ln x - centre)²) and its derivatives in log c and in the centre."""
+    """log(1 + c·h(ln x - centre)) and its derivatives in log c and in the centre."""
     u = log_x - centre
-    cu2 = np.exp(log_c) * u**2
-    return np.log1p(cu2), cu2 / (1 + cu2), -2 * np.exp(log_c) * u / (1 + cu2)
+    c = np.exp(log_c)
+    ch = c * excess(u)
+    return np.log1p(ch), ch / (1 + ch), c * np.expm1(-u) / (1 + ch)
 
 
 def conditional_model(log_n, log_d, log_w, log_r, log_loss):
@@ -256,27 +276,115 @@ def warm_start(estimates: dict) -> np.ndarray:
     return _theta_of(law_from(estimates))[None]
 
 
+def read_law(path: str) -> tuple[ConditionalLaw, str]:
+    """(law, where it came from) from `isoflop fit --approach conditional --json` or a report's fits.json;
+    one line when the file is not there, not JSON, or holds no conditional law."""
+    expected = "`isoflop fit RUNS --approach conditional --json`, or a report's fits.json"
+    try:
+        fitted = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise AnalysisError(f"--law {path}: {err.strerror} (expected {expected})") from None
+    except ValueError:  # not UTF-8, or not JSON
+        raise AnalysisError(f"--law {path}: not JSON (expected {expected})") from None
+    if isinstance(fitted, dict) and isinstance(fitted.get("fits"), dict):  # a report's fits.json
+        if not isinstance(fitted["fits"].get("conditional"), dict):
+            raise AnalysisError(f"--law {path}: the report has no conditional fit (see its 'skipped': the runs may "
+                                "not vary the architecture)")
+        fitted = fitted["fits"]["conditional"]
+    if not isinstance(fitted, dict):
+        raise AnalysisError(f"--law {path}: not a JSON object (expected {expected})")
+    missing = [name for name in NAMES if isinstance(fitted.get(name), bool)
+               or not isinstance(fitted.get(name), (int, float)) or not math.isfinite(fitted[name])]
+    if missing:
+        raise AnalysisError(f"--law {path}: not an architecture-conditional law: no finite {', '.join(missing)} "
+                            f"(expected {expected})")
+    law = law_from(fitted)
+    wrong = [name for name in NAMES if getattr(law, name) < 0 or (getattr(law, name) == 0 and not name.startswith("c_"))]
+    if wrong:
+        raise AnalysisError(f"--law {path}: {', '.join(wrong)} must be positive (curvatures >= 0)")
+    conventions = fitted.get("conventions") if isinstance(fitted.get("conventions"), dict) else {}
+    described = ", ".join(f"{key}={value}" for key, value in conventions.items() if key != "csv_columns")
+    return law, f"{path} (conventions: {described or 'not recorded'})"
+
+
 # ------------------------------------------------------------------------------------------- throughput
 
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    """Modelled decode throughput: one step moves every weight and the batch's KV cache through memory
-    and does 2 FLOPs per weight and per cached key/value element for each sequence; it takes the longer
-    of the two at the device's bandwidth and peak (a roofline). The defaults are a nominal accelerator;
-    only ratios between architectures are meant to be read from it."""
+    """Seconds of one device. Decoding: one step moves every weight and the batch's KV cache through
+    memory and does 2 FLOPs per weight and per cached key/value element for each sequence; it takes the
+    longer of the two at the device's bandwidth and peak (a roofline), divided by the fraction of that
+    bound the serving stack achieves. Training is compute-bound: 6·N·D FLOPs (the count C = 6·N·D of the
+    laws' budgets) at a sustained rate. The defaults are a nominal accelerator training at 40% MFU and
+    decoding at the bound; only ratios are meant to be read from them (`measured_cost_model` for a real one)."""
 
     batch: int = 64
     context: int = 2048
     bytes_per_element: float = 2.0
     bandwidth: float = 1e12  # bytes/s
     peak_flops: float = 1e14
+    decode_efficiency: float = 1.0  # achieved fraction of the roofline bound
+    train_flops_per_second: float = 0.4e14  # 6N-counted training FLOP/s one device sustains
 
     def tokens_per_second(self, arch: Architecture) -> float:
         kv = self.batch * self.context * arch.kv_elements_per_token
         moved = self.bytes_per_element * (arch.params + kv)
         flops = 2 * self.batch * arch.params + 2 * self.batch * self.context * arch.n_layers * 2 * arch.d_model
-        return self.batch / max(moved / self.bandwidth, flops / self.peak_flops)
+        return self.decode_efficiency * self.batch / max(moved / self.bandwidth, flops / self.peak_flops)
+
+    def train_seconds(self, params: float, tokens: float) -> float:
+        return 6 * params * tokens / self.train_flops_per_second
+
+    def inference_seconds(self, arch: Architecture, tokens: float) -> float:
+        """Decoding `tokens` tokens (prefill is not counted)."""
+        return tokens / self.tokens_per_second(arch)
+
+
+def measured_cost_model(root, batch: int = CostModel.batch, context: int = CostModel.context) -> tuple[CostModel, str]:
+    """The cost model of the device the runs under `root` ran on, and what it was measured from: bandwidth
+    and peak as `isoflop bench infer` recorded them, decoding at the median fraction of the bandwidth bound
+    its steps achieved (`bandwidth_bound_fraction`, a property of device and software that carries over to
+    other shapes), training at the median 6N-counted FLOP/s per device the completed runs sustained."""
+    summaries = []
+    for path in sorted(pathlib.Path(root).rglob(SUMMARY_FILE)):
+        try:
+            summaries.append(read_summary(path.parent))
+        except ContractError as err:
+            raise AnalysisError(str(err)) from None
+    if not summaries:
+        raise AnalysisError(f"--measured {root}: no {SUMMARY_FILE} found")
+    benches = [summary.inference for summary in summaries if isinstance(summary.inference, dict)]
+    fractions = [row["bandwidth_bound_fraction"] for bench in benches for row in bench.get("results") or []
+                 if isinstance(row, dict) and _positive(row.get("bandwidth_bound_fraction"))]
+    if not fractions:
+        raise AnalysisError(f"--measured {root}: no run has `isoflop bench infer` results with a bandwidth-bound "
+                            "fraction (bench a run with `isoflop bench infer RUN_DIR` on a device of known bandwidth)")
+    trained = [summary for summary in summaries if summary.status == "completed" and _positive(summary.tokens_per_second)]
+    if not trained:
+        raise AnalysisError(f"--measured {root}: no completed run records its training tokens/s")
+    kinds = sorted({str(bench.get("device_kind")) for bench in benches} | {s.hardware.device_kind for s in trained})
+    if len(kinds) > 1:
+        raise AnalysisError(f"--measured {root}: measured on {', '.join(kinds)}; a total in device-seconds needs "
+                            "one kind of device (point --measured at the runs of one)")
+    device = {}
+    for key in ("memory_bandwidth_bytes_per_second", "peak_flops_per_second"):
+        values = [bench[key] for bench in benches if _positive(bench.get(key))]
+        if not values:
+            raise AnalysisError(f"--measured {root}: no `bench infer` result records {key}")
+        device[key] = float(np.median(values))
+    rates = [6 * s.params.non_embedding * s.tokens_per_second / s.hardware.count for s in trained]
+    cost = CostModel(batch=batch, context=context, bandwidth=device["memory_bandwidth_bytes_per_second"],
+                     peak_flops=device["peak_flops_per_second"], decode_efficiency=float(np.median(fractions)),
+                     train_flops_per_second=float(np.median(rates)))
+    return cost, (f"measured on {kinds[0]}: decoding at {cost.decode_efficiency:.2f} of the bandwidth bound (median of "
+                  f"{len(fractions)} `bench infer` rows, {min(fractions):.2f}-{max(fractions):.2f}); training at "
+                  f"{cost.train_flops_per_second:.3g} FLOP/s (6N-counted, non-embedding N; median of {len(trained)} "
+                  "runs per device)")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -295,6 +403,7 @@ class SearchSpace:
     ffn: str = "swiglu"
     top: int = 3  # first-stage candidates the GQA search starts from
     params_tolerance: float = 0.1  # whole layers: a candidate's N may miss the asked-for N by this fraction
+    max_heads_per_kv: int | None = None  # the GQA search's cap on query heads per KV head (None: up to MQA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,19 +416,30 @@ class Candidate:
         return {"architecture": self.arch.as_dict(), "loss": self.loss, "tokens_per_second": self.tokens_per_second}
 
 
-def _kv_for(n_heads: int, heads_per_kv: int) -> int:
-    """The divisor of n_heads nearest n_heads / heads_per_kv (the standard GQA of a width)."""
-    divisors = [k for k in range(1, n_heads + 1) if n_heads % k == 0]
-    return min(divisors, key=lambda k: (abs(k - n_heads / heads_per_kv), -k))  # a tie: more KV heads
+def kv_choices(n_heads: int, space: SearchSpace) -> list[int]:
+    """The n_kv_heads the local GQA search tries: divisors of n_heads, at most `max_heads_per_kv` query
+    heads each (the law has no GQA term, so without a cap throughput alone decides)."""
+    cap = space.max_heads_per_kv or n_heads
+    small = [k for k in range(1, math.isqrt(n_heads) + 1) if n_heads % k == 0]
+    divisors = sorted(set(small + [n_heads // k for k in small]))
+    return [kv for kv in divisors if n_heads // kv <= cap]
+
+
+def kv_for(n_heads: int, heads_per_kv: float, space: SearchSpace) -> int:
+    """The n_kv_heads of `kv_choices` nearest n_heads / heads_per_kv (the standard GQA of a width)."""
+    return min(kv_choices(n_heads, space), key=lambda k: (abs(k - n_heads / heads_per_kv), -k))  # a tie: more KV heads
+
+
+def layer_of(d_model: int, ratio: float, n_kv_heads: int, space: SearchSpace) -> Architecture:
+    """One layer of this width, r (d_ff rounded to a whole number) and KV heads."""
+    probe = Architecture(d_model, 1, d_model // space.head_dim, n_kv_heads, 1, space.ffn)
+    d_ff = max(1, round(ratio * probe.attention_params / (FFN_MATRICES[space.ffn] * d_model)))
+    return dataclasses.replace(probe, d_ff=d_ff)
 
 
 def build(params: float, d_model: int, ratio: float, n_kv_heads: int, space: SearchSpace) -> Architecture | None:
     """The architecture of about `params` non-embedding parameters with this width, r and KV heads."""
-    n_heads = d_model // space.head_dim
-    probe = Architecture(d_model, 1, n_heads, n_kv_heads, 1, space.ffn)
-    d_ff = max(1, round(ratio * probe.attention_params / (FFN_MATRICES[space.ffn] * d_model)))
-    layer = dataclasses.replace(probe, d_ff=d_ff)
-    return _with_layers(layer, params, space)
+    return _with_layers(layer_of(d_model, ratio, n_kv_heads, space), params, space)
 
 
 def _with_layers(layer: Architecture, params: float, space: SearchSpace) -> Architecture | None:
@@ -338,7 +458,7 @@ def grid_candidates(law, params, tokens, space: SearchSpace, cost: CostModel) ->
     widths = sorted({max(1, round(w * math.sqrt(params) / space.head_dim)) * space.head_dim for w in space.widths})
     out = []
     for d_model in widths:
-        kv = _kv_for(d_model // space.head_dim, space.heads_per_kv)
+        kv = kv_for(d_model // space.head_dim, space.heads_per_kv, space)
         for ratio in space.ratios:
             arch = build(params, d_model, ratio, kv, space)
             if arch is not None:
@@ -348,17 +468,16 @@ def grid_candidates(law, params, tokens, space: SearchSpace, cost: CostModel) ->
 
 def gqa_neighbours(law, params, tokens, start: Candidate, space: SearchSpace, cost: CostModel) -> list[Candidate]:
     """Second stage: the same width and r (so the law's prediction barely moves) with every n_kv_heads
-    that divides n_heads; d_ff and the layers follow."""
-    n_heads = start.arch.n_heads
-    archs = [build(params, start.arch.d_model, start.arch.ratio, kv, space) for kv in range(1, n_heads + 1)
-             if n_heads % kv == 0]
+    of `kv_choices`; d_ff and the layers follow."""
+    archs = [build(params, start.arch.d_model, start.arch.ratio, kv, space)
+             for kv in kv_choices(start.arch.n_heads, space)]
     return [_candidate(law, tokens, arch, cost) for arch in archs if arch is not None]
 
 
 def baseline(law, params, tokens, space: SearchSpace, cost: CostModel) -> Candidate:
     """A LLaMA-style model of this size: d/√N as LLaMA-3.2 1B, r = 5, four query heads per KV head."""
     d_model = max(1, round(LLAMA_WIDTH_RATIO * math.sqrt(params) / space.head_dim)) * space.head_dim
-    kv = _kv_for(d_model // space.head_dim, LLAMA_HEADS_PER_KV)
+    kv = kv_for(d_model // space.head_dim, LLAMA_HEADS_PER_KV, space)
     arch = build(params, d_model, LLAMA_RATIO, kv, space)
     if arch is None:
         raise AnalysisError(f"N = {params:.3g} is too small for a LLaMA-style layer of width {d_model}")

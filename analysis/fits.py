@@ -256,8 +256,9 @@ def _describe_conditional(estimates, result):
                      f"kv={arch['n_kv_heads']} d_ff={arch['d_ff']} (d/√N={arch['width_ratio']:.3f}, r={arch['ratio']:.2f}, "
                      f"N={fmt(arch['params'])})  L={found[key]['loss']:.4f}  {fmt(found[key]['tokens_per_second'])} tok/s")
     lines.append(f"    modelled decode throughput gain over the baseline: {100 * found['throughput_gain']:+.1f}%")
-    notes = [f"the correction terms are this project's reading of {conditional.PAPER}, whose exact equation "
-             "was not available (docs/ANALYSIS-CONDITIONAL.md); GQA enters the search, not the law",
+    notes = [f"the factors are {conditional.PAPER}'s eq. 3 (a0 + a1·ln x + a2/x, and b0 + b1·ln r + b2/r) divided "
+             "by their minima, so that E, A and B stay identified (docs/ANALYSIS-CONDITIONAL.md); GQA enters the "
+             "search, not the law",
              "throughput in the search is modelled (analysis/conditional.py CostModel, a nominal device): read "
              "ratios, not absolute figures"]
     return lines, notes
@@ -311,10 +312,10 @@ SPECS = {
 }
 
 SPECS["conditional"] = Spec(
-    "Architecture-conditional (Bian et al. 2025): L = (E + A/N^alpha + B/D^beta)·(1 + c_width·ln²(x/x*))"
-    "·(1 + c_ratio·ln²(r/r*)), x = d/√N, r = MLP/attention parameters",
-    _LAW_ROWS + [("c_width", "curvature in ln(d/√N)"), ("width_opt", "x* = optimal d/√N"),
-                 ("c_ratio", "curvature in ln r"), ("ratio_opt", "r* = optimal MLP-to-attention ratio")],
+    "Architecture-conditional (Bian et al. 2025): L = (E + A/N^alpha + B/D^beta)·(1 + c_width·h(ln(x/x*)))"
+    "·(1 + c_ratio·h(ln(r/r*))), h(u) = u + e^-u - 1, x = d/√N, r = MLP/attention parameters",
+    _LAW_ROWS + [("c_width", "curvature in d/√N"), ("width_opt", "x* = optimal d/√N"),
+                 ("c_ratio", "curvature in r"), ("ratio_opt", "r* = optimal MLP-to-attention ratio")],
     _conditional_point, _conditional_resample, False, _describe_conditional,
 )
 

@@ -52,10 +52,24 @@ def runs(tmp_path_factory):
     return write_arch_runs(tmp_path_factory.mktemp("arch"), inference=True)
 
 
-def test_fit_recovers_planted_coefficients_from_run_directories(capsys, runs):
+def test_the_form_is_the_papers_eq_3_divided_by_its_minimum():
+    # Bian et al. 2025, section 5.1: the multiplicative calibration fitted on the 80M-297M runs, whose optimum
+    # the paper gives as d/√N = 0.08, r = 1.032.
+    a0, a1, a2, b0, b1, b2 = 2.697, 0.0974, 0.0078, 0.3870, 0.0063, 0.0065
+    width, ratio = np.geomspace(0.02, 0.4, 9), np.geomspace(0.3, 12, 9)
+    paper_width, paper_ratio = a0 + a1 * np.log(width) + a2 / width, b0 + b1 * np.log(ratio) + b2 / ratio
+    x_opt, r_opt = a2 / a1, b2 / b1
+    assert (round(x_opt, 3), round(r_opt, 3)) == (0.080, 1.032)
+    scale_w, scale_r = a0 + a1 * np.log(x_opt) + a1, b0 + b1 * np.log(r_opt) + b1  # each factor's minimum
+    law = dataclasses.replace(PLANTED, c_width=a1 / scale_w, width_opt=x_opt, c_ratio=b1 / scale_r, ratio_opt=r_opt)
+    np.testing.assert_allclose(law.correction(width, ratio), paper_width * paper_ratio / (scale_w * scale_r), rtol=1e-12)
+
+
+def test_fit_recovers_planted_coefficients_from_run_directories(capsys, runs, tmp_path):
     code, out, err = isoflop(capsys, "fit", runs, "--approach", "conditional", "--bootstrap", "0",
                              "--lbfgs-starts", "16", "--json")
     assert code == 0, err
+    (tmp_path / "law.json").write_text(out)
     result = json.loads(out)
     for name, rel in (("E", 0.05), ("alpha", 0.05), ("beta", 0.05), ("width_opt", 0.02), ("ratio_opt", 0.02),
                       ("c_width", 0.1), ("c_ratio", 0.1)):
@@ -64,6 +78,10 @@ def test_fit_recovers_planted_coefficients_from_run_directories(capsys, runs):
     assert held["folds"] == 5 and len(held["per_run"]) == 128
     assert held["rmse_relative"] < 0.005  # 0.2% noise: held-out runs are predicted to about that
     assert result["details"]["search"]["best"]["loss"] <= result["details"]["search"]["target_loss"]
+    code, out, err = isoflop(capsys, "size", "--architecture", "--law", tmp_path / "law.json", "--inference-tokens",
+                             "1e9", "--target-params", "3e7", "--json")  # the fit's JSON feeds `size --architecture`
+    assert code == 0, err
+    assert json.loads(out)["law"]["ratio_opt"] == pytest.approx(result["ratio_opt"])
 
 
 def test_text_output_and_bootstrap_intervals(capsys, runs):
@@ -72,7 +90,7 @@ def test_text_output_and_bootstrap_intervals(capsys, runs):
     assert code == 0, err
     assert "Architecture-conditional (Bian et al. 2025)" in out and "width_opt" in out
     assert "held-out runs (5-fold" in out and "LLaMA-style baseline" in out
-    assert "reading of Bian et al. 2025" in out
+    assert "Bian et al. 2025 (arXiv 2510.18245)'s eq. 3" in out
 
 
 def test_inference_sections_are_read_as_measured_throughput(runs):
