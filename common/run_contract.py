@@ -35,7 +35,9 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 EVENTS_GLOB = "events.out.tfevents.*"
 
-SCHEMA_VERSION = "1.2"  # 1.1 added `inference`; 1.2 the learning-rate, warmup, sweep and branch fields
+# 1.1 added `inference`; 1.2 the learning-rate, warmup, sweep and branch fields; 1.3 `mfu_nominal`, `host_paths`
+# and the nominal peak in `hardware`
+SCHEMA_VERSION = "1.3"
 # What a run is to a fit: a `run` or a WSD `branch` is a point; a WSD `stable` run (not decayed) is not.
 ROLES = ("run", "stable", "branch")
 LEGACY_VERSION = "1.0"  # what a summary without schema_version is read as (the fields it always had)
@@ -82,6 +84,8 @@ class Hardware:
     tdp_watts: float | None
     tdp_scope: str  # "device" or "host" (a CPU host's devices share one power figure)
     tdp_source: str
+    nominal_peak_flops_per_second: float | None = None  # the hardware's nominal peak (1.3; docs/HARDWARE.md)
+    nominal_peak_flops_source: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +141,8 @@ class RunSummary:
     role: str = "run"  # one of ROLES
     branch_of: str | None = None  # a branch: the stable run directory it continued
     branch_step: int | None = None  # a branch: the step it left the stable run
+    mfu_nominal: float | None = None  # MFU against hardware.nominal_peak_flops_per_second (1.3)
+    host_paths: dict[str, Any] | None = None  # the CPU-specific paths in effect and why (train/cpu_paths.py; 1.3)
     def to_dict(self) -> dict:
         """The JSON object summary.json holds: `schema_version` first, then the fields in order."""
         return {"schema_version": SCHEMA_VERSION, **to_json_value(dataclasses.asdict(self))}

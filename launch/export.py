@@ -31,10 +31,11 @@ def dns_label(text: str) -> str:
 
 
 def stages(plan: GridPlan) -> list[list[PlannedRun]]:
-    """[runs that start at step 0, branches] (the second only when the grid has branches)."""
-    first = [run for run in plan.runs if run.parent is None]
-    branches = [run for run in plan.runs if run.parent is not None]
-    return [first, branches] if branches else [first]
+    """[runs that wait for none, runs that wait for stage 0's: WSD branches, transferred learning rates]
+    (the second only when the grid has such runs)."""
+    first = [run for run in plan.runs if not run.waits_for]
+    later = [run for run in plan.runs if run.waits_for]
+    return [first, later] if later else [first]
 
 
 def _resources(plan: GridPlan) -> dict:
@@ -97,7 +98,8 @@ def gke_manifest(plan: GridPlan, stage: int | None = None, **options) -> str:
     for index, (job, runs) in enumerate(zip(gke_jobs(plan, **options), stages(plan))):
         if stage is not None and index != stage:
             continue
-        what = "WSD branches: apply after stage 0 completed" if runs[0].parent else "runs that start at step 0"
+        what = ("runs that wait for stage 0 (WSD branches, transferred learning rates): apply after stage 0 "
+                "completed" if runs[0].waits_for else "runs that start at step 0")
         documents.append(f"# stage {job['metadata']['labels']['isoflop/stage']}: {len(runs)} {what}\n"
                          + yaml.safe_dump(job, sort_keys=False))
     if not documents:

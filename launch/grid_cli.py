@@ -210,7 +210,7 @@ def _plan(args) -> int:
         row = [run.run_id, format_count(run.n_params), format_count(run.tokens),
                plan_lib.format_ratio(run.tokens_per_param),
                str(run.steps)] + [_flops(run.flops[name]) for name in BUDGET_FLOP_CONVENTIONS] + \
-            [plan_lib.format_number(run.config.optimizer.learning_rate), str(run.warmup[0]), _origin(run)]
+            [run.learning_rate_label, str(run.warmup[0]), _origin(run)]
         if basis:
             row.append(format_duration(estimate))
         rows.append(row)
@@ -225,8 +225,9 @@ def _plan(args) -> int:
         print("branches: D, steps and C count each whole run; the total counts a shared prefix once (its stable run)")
     warmups = sorted({f"{run.config.optimizer.warmup_rule}" for run in grid.runs})
     print(f"warmup rule: {', '.join(warmups)} (optimizer.warmup_rule); lr: "
-          + ("the lr sweep's rates, fits keep each cell's lowest final eval loss" if grid.spec.learning_rates
-             else "optimizer.learning_rate of each run's config"))
+          + ("the smallest width's sweep in each column, its best rate transferred to the larger sizes (μP)"
+             if grid.spec.lr_transfer else "the lr sweep's rates, fits keep each cell's lowest final eval loss"
+             if grid.spec.learning_rates else "optimizer.learning_rate of each run's config"))
     if basis:
         print(f"estimated from {basis}")
     for item in grid.dropped:
@@ -274,7 +275,9 @@ def _status(args) -> int:
         step = f"{item.step if item.step is not None else '-'}/{item.planned_steps}"
         loss = f"{item.final_eval_loss:.4f}" if item.final_eval_loss is not None else "-"
         wall = format_duration(item.wall_seconds) if item.wall_seconds is not None else "-"
-        rows.append([item.run_id, item.status, step, loss, wall, plan_lib.format_number(item.learning_rate),
+        rate = (plan_lib.format_number(item.learning_rate) if item.learning_rate is not None
+                else f"transferred from {item.lr_transfer}")
+        rows.append([item.run_id, item.status, step, loss, wall, rate,
                      item.fit or "-", item.detail])
     print(_table(rows, right={2, 3, 4, 5}))
     print(f"{len(statuses)} runs: " + ", ".join(f"{count} {name}" for name, count in counts.items()))

@@ -14,8 +14,10 @@ A spec names a base config, overrides for every run, a kind and that kind's axes
 
 isoflop and overtrain grids may sweep the peak learning rate (`lr_sweep: {rates: [...]}` or `{min, max,
 count}`, log-spaced): every cell is trained at each rate (`-lr<rate>` run ids, one `run.lr_sweep` group per
-cell), and fits keep each group's lowest final eval loss (common/fit_points.py). `resources:` says what
-each run needs on a cluster (SLURM through submitit, GKE manifests from launch/export.py).
+cell), and fits keep each group's lowest final eval loss (common/fit_points.py). Under μP, `transfer:
+smallest` sweeps only the smallest width of each column of the grid and trains the larger sizes at the rate
+it selects, once it has completed (`with_transferred_rates`). `resources:` says what each run needs on a
+cluster (SLURM through submitit, GKE manifests from launch/export.py).
 
 Model sizes are a list of presets/overrides (`models`) or a ladder generated at a fixed aspect ratio
 (`ladder`). Every run gets run.experiment = the grid's name and a run_id that describes its cell
@@ -36,7 +38,10 @@ import math
 import pathlib
 import re
 import typing
+from collections.abc import Sequence
 
+from common import fit_points
+from common.run_contract import RunSummary
 from common.validation import (
     ConfigError,
     build,
@@ -59,8 +64,9 @@ KINDS = ("isoflop", "overtrain", "sweep")
 RATE_CONVENTION = "chinchilla"
 GRID_DIR = "_grid"  # out_dir/name/_grid: resolved configs, logs, launcher state (no summary.json inside)
 # Fields the grid sets in every run (experiment = name, run_id per cell, out_dir from the spec or --out-dir).
-GRID_SET_FIELDS = ("run.experiment", "run.run_id", "run.out_dir", "run.lr_sweep", "run.branch_points",
-                   "run.branch_from")
+GRID_SET_FIELDS = ("run.experiment", "run.run_id", "run.out_dir", "run.lr_sweep", "run.lr_transfer",
+                   "run.branch_points", "run.branch_from")
+LR_TRANSFERS = ("smallest",)  # lr_sweep.transfer
 MAX_SWEEP_RATES = 64  # a log-spaced range longer than this is a typo (count: 1000)
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 
@@ -104,12 +110,14 @@ class SpecFields:
 @dataclasses.dataclass(frozen=True)
 class LrSweep:
     """`lr_sweep:` the peak learning rates each cell is trained at: `rates`, or `count` rates log-spaced
-    from `min` to `max` (both included). Fits keep each cell's lowest final eval loss."""
+    from `min` to `max` (both included). Fits keep each cell's lowest final eval loss. `transfer: smallest`
+    (μP only): only the smallest width of each column is swept; the larger sizes take its best rate."""
 
     rates: tuple[float, ...] | None = None
     min: float | None = None
     max: float | None = None
     count: int | None = None
+    transfer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +220,8 @@ class PlannedRun:
     role: str = "run"  # run | stable (a WSD stable phase, not a fit point) | branch (common.run_contract.ROLES)
     parent: str | None = None  # a branch: the run id of its stable run
     prefix_steps: int = 0  # a branch: the steps it shares with its stable run (trained once, by the stable run)
+    waits_for: tuple[str, ...] = ()  # runs that must complete first: a branch's stable run, a transfer's sweep
+    lr_pending: bool = False  # a transferred rate not resolved yet: optimizer.learning_rate is a placeholder
 
     @property
     def n_params(self) -> int:
@@ -247,8 +257,20 @@ class PlannedRun:
         return warmup_steps(self.config, self.steps)
 
     @property
+    def learning_rate(self) -> float | None:
+        """The peak rate; None while it is to be transferred from a sweep that has not completed."""
+        return None if self.lr_pending else self.config.optimizer.learning_rate
+
+    @property
+    def learning_rate_label(self) -> str:
+        transfer = self.config.run.lr_transfer
+        return f"transferred from {transfer}" if self.lr_pending else format_number(self.learning_rate)
+
+    @property
     def learning_rate_source(self) -> str:
-        group = self.config.run.lr_sweep
+        group, transfer = self.config.run.lr_sweep, self.config.run.lr_transfer
+        if transfer is not None:
+            return f"transferred from lr sweep {transfer}: the rate of its lowest final eval loss (μP)"
         return "optimizer.learning_rate" if group is None else f"lr sweep {group}: fits keep its lowest eval loss"
 
     def to_dict(self) -> dict:
@@ -273,9 +295,11 @@ class PlannedRun:
             "prefix_steps": self.prefix_steps,
             "added_steps": self.added_steps,
             "added_flops": self.added_flops,
-            "learning_rate": self.config.optimizer.learning_rate,
+            "learning_rate": self.learning_rate,
             "learning_rate_source": self.learning_rate_source,
             "lr_sweep": self.config.run.lr_sweep,
+            "lr_transfer": self.config.run.lr_transfer,
+            "waits_for": list(self.waits_for),
             "warmup_steps": warmup,
             "warmup_source": f"{self.config.optimizer.warmup_rule}: {warmup_source}",
         }
@@ -307,6 +331,7 @@ class GridSpec:
     tokens_per_param: TokensPerParam = TokensPerParam()
     axes: tuple[tuple[str, tuple[tuple[str, dict], ...]], ...] = ()  # sweep: (axis, ((label, overrides), ...))
     learning_rates: tuple[float, ...] = ()  # lr_sweep: every cell at each of these peak rates
+    lr_transfer: str | None = None  # lr_sweep.transfer: only the smallest width swept (with_transferred_rates)
     branches: bool = False  # overtrain: WSD branches off a stable run per size
     resources: Resources = Resources()
 
@@ -608,7 +633,21 @@ def _kind_axes(kind: str, fields: SpecFields, spec_dir: pathlib.Path, base: path
     return {"values": tuple(values or ()), "convention": fields.convention, "params": fields.params,
             "models": tuple(models), "tokens_per_param": _tokens_per_param(fields, problems),
             "learning_rates": _learning_rates(fields.lr_sweep, problems),
-            "branches": getattr(fields, "branches", False)}
+            "lr_transfer": _lr_transfer(fields, problems), "branches": getattr(fields, "branches", False)}
+
+
+def _lr_transfer(fields: SizedFields, problems: list) -> str | None:
+    """lr_sweep.transfer: a known way, and not with WSD branches (one stable run serves every token
+    multiplier of a size, while each multiplier's sweep may pick another rate)."""
+    transfer = fields.lr_sweep.transfer if fields.lr_sweep is not None else None
+    if transfer is None:
+        return None
+    found = one_of("lr_sweep.transfer", transfer, LR_TRANSFERS)
+    if not found and getattr(fields, "branches", False):
+        found.append("lr_sweep.transfer: not with WSD branches (a stable run serves every token multiplier, whose "
+                     "sweeps may pick different rates); set branches: false")
+    problems += found
+    return None if found else transfer
 
 
 def _tokens_per_param(fields: SizedFields, problems: list) -> TokensPerParam:
@@ -855,9 +894,73 @@ def plan(spec: GridSpec) -> GridPlan:
         raise ConfigError(problems)
     if not runs:
         raise ConfigError([f"grid: every cell was dropped ({'; '.join(f'{d.run_id}: {d.reason}' for d in dropped)})"])
+    if spec.lr_transfer:
+        runs = with_transferred_rates(runs)
     if spec.branches:
         runs = with_stable_runs(spec, runs)
     return GridPlan(spec, tuple(runs), tuple(dropped), tuple(_notes(spec, runs)))
+
+
+def _column(run: PlannedRun) -> tuple:
+    """What a run shares with the other sizes it is compared with: every coordinate but the model and rate."""
+    return tuple(sorted((key, value) for key, value in run.coords.items() if key not in ("model", "learning_rate")))
+
+
+def _transfer_problems(runs: list[PlannedRun]) -> list[str]:
+    """A rate transfers only under μP, and only within one μP family (one base width and head width)."""
+    sp = [run.run_id for run in runs if run.config.model.parameterization != "mup"]
+    if sp:
+        return [f"lr_sweep.transfer: needs model.parameterization: mup in every run ({sp[0]} is sp); under SP the "
+                "best rate moves with width, so every size is swept (docs/MUP.md)"]
+    bases = {(run.config.model.mup_base_width, run.config.model.mup_base_head_dim) for run in runs}
+    if len(bases) > 1:
+        shown = ", ".join(f"{width}/{head}" for width, head in sorted(bases, key=str))
+        return [f"lr_sweep.transfer: the runs' model.mup_base_width/mup_base_head_dim differ ({shown}); a rate "
+                "transfers only within one μP family"]
+    return []
+
+
+def with_transferred_rates(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """lr_sweep.transfer=smallest: in each column, the sweep of the smallest width (then fewest parameters) is
+    kept; every larger size becomes one run (its cell's id, no sweep group) at the rate that sweep selects,
+    pending until the sweep has completed (`resolve_transfer`), and waiting for it as a branch waits for its
+    stable run (launch/runner.py). The sweeps come first, then the transferred runs."""
+    problems = _transfer_problems(runs)
+    if problems:
+        raise ConfigError(problems)
+    columns: dict[tuple, list[PlannedRun]] = {}
+    for run in runs:
+        columns.setdefault(_column(run), []).append(run)
+    sweeps, transferred = [], []
+    for members in columns.values():
+        source = min(members, key=lambda run: (run.config.model.d_model, run.n_params)).config.run.lr_sweep
+        swept = tuple(run.run_id for run in members if run.config.run.lr_sweep == source)
+        templates: dict[str, PlannedRun] = {}  # a larger size's sweep group -> its first rate's run
+        for run in members:
+            if run.config.run.lr_sweep == source:
+                sweeps.append(run)
+            else:
+                templates.setdefault(run.config.run.lr_sweep, run)
+        for cell, template in templates.items():
+            tree = config_lib.to_dict(template.config)
+            tree["run"].update(run_id=cell, lr_sweep=None, lr_transfer=source)
+            coords = {key: value for key, value in template.coords.items() if key != "learning_rate"}
+            transferred.append(dataclasses.replace(template, run_id=cell, coords=coords,
+                                                   config=config_lib.from_dict(tree), waits_for=swept,
+                                                   lr_pending=True))
+    return sweeps + transferred
+
+
+def resolve_transfer(run: PlannedRun, sweep: Sequence[RunSummary]) -> PlannedRun:
+    """A transferred run at the rate its completed sweep selects (common/fit_points.py, as the fits do)."""
+    group = run.config.run.lr_transfer
+    best = fit_points.best_by_group(sweep).get(group)
+    if best is None:
+        raise ConfigError([f"run {run.run_id}: lr sweep {group} has no run with a finite final eval loss to "
+                           "transfer a rate from"])
+    tree = config_lib.to_dict(run.config)
+    tree["optimizer"]["learning_rate"] = best.learning_rate
+    return dataclasses.replace(run, config=config_lib.from_dict(tree), lr_pending=False)
 
 
 def _stable_id(run: PlannedRun) -> str:
@@ -897,7 +1000,7 @@ def with_stable_runs(spec: GridSpec, runs: list[PlannedRun]) -> list[PlannedRun]
                     problems.setdefault(problem, []).append(run.run_id)
                 continue
             branched.append(dataclasses.replace(run, config=config, role="branch", parent=stable_id,
-                                                prefix_steps=points[run.run_id]))
+                                                prefix_steps=points[run.run_id], waits_for=(stable_id,)))
     if problems:
         raise ConfigError([f"branches ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}): {problem} "
                            "(or set branches: false)" for problem, ids in problems.items()])
@@ -924,9 +1027,14 @@ def _notes(spec: GridSpec, runs: list[PlannedRun]) -> list[str]:
         notes.append(f"{len(runs) - len(stables)} WSD branches off {len(stables)} stable runs: the grid trains "
                      f"{format_number(grid)} FLOPs (6N) instead of {format_number(with_branches)} as standalone runs "
                      f"({with_branches / grid:.2f}x)")
-    if spec.learning_rates:
-        notes.append(f"lr sweep: every cell at {len(spec.learning_rates)} peak rates "
-                     f"({', '.join(format_number(rate) for rate in spec.learning_rates)}); fits keep each cell's "
+    rates = ', '.join(format_number(rate) for rate in spec.learning_rates)
+    if spec.lr_transfer:
+        transferred = [run for run in runs if run.config.run.lr_transfer is not None]
+        notes.append(f"lr sweep, transferred (μP): the smallest width of each column at {len(spec.learning_rates)} "
+                     f"peak rates ({rates}); {len(transferred)} larger runs train at their column's best rate once "
+                     "its sweep has completed")
+    elif spec.learning_rates:
+        notes.append(f"lr sweep: every cell at {len(spec.learning_rates)} peak rates ({rates}); fits keep each cell's "
                      "lowest final eval loss")
     if spec.kind == "isoflop":
         for budget in spec.values:
@@ -980,7 +1088,9 @@ __all__ = [
     "parse_ladder",
     "plan",
     "resolve",
+    "resolve_transfer",
     "sweep_axes",
     "with_stable_runs",
+    "with_transferred_rates",
 ]
 

@@ -12,10 +12,12 @@ Resume: a completed run is skipped; any other run is (re)started, and the traine
 own checkpoint. A run another launcher is running right now (a live pid in its record) is left alone.
 Before anything starts, every run directory that exists must hold the same config the plan resolves.
 
-WSD branches start once their stable run has completed (local, debug: they wait in the queue; SLURM:
-`--dependency=afterok:<stable job>`); a branch whose stable run failed is reported, not started. The
-spec's `resources:` are submitit's defaults (command-line options win) and `resources.env` the
-environment of every run.
+A run that waits for others (`PlannedRun.waits_for`) starts once they have all completed: a WSD branch
+waits for its stable run (local, debug: in the queue; SLURM: `--dependency=afterok:<stable job>`), a run
+whose rate is transferred from an lr sweep (μP, `lr_sweep.transfer`) for that sweep, whose best rate it
+takes when it starts (on SLURM it is submitted then, so `--no-wait` leaves it to the next `grid run`).
+One whose wait ended in a failure is reported, not started. The spec's `resources:` are submitit's
+defaults (command-line options win) and `resources.env` the environment of every run.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from common.files import LockedError, WriteError, atomic_write
 from common.formatting import format_count, format_duration
 from common.run_contract import CONFIG_FILE, SUMMARY_FILE, ContractError, RunSummary, last_logged_step, read_summary
 from launch import status as status_lib
-from launch.plan import RATE_CONVENTION, GridPlan, PlannedRun, Resources, format_number
+from launch.plan import RATE_CONVENTION, GridPlan, PlannedRun, Resources, format_number, resolve_transfer
 from train.config import ConfigError, dump_yaml, from_dict, to_dict
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -69,17 +71,22 @@ def check_run_dirs(plan: GridPlan) -> None:
 def write_plan_files(plan: GridPlan) -> None:
     """_grid/plan.json and one resolved config per run (what `isoflop train` is given)."""
     for run in plan.runs:
-        path = plan.config_path(run)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = f"# {plan.spec.name} / {run.run_id}: resolved from {plan.spec.path} by `isoflop grid run`\n" \
-               + dump_yaml(run.config)
-        if not path.exists() or path.read_text() != text:
-            atomic_write(path, text)
+        write_config(plan, run)
     atomic_write(plan.spec.state_dir / "plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
+def write_config(plan: GridPlan, run: PlannedRun) -> None:
+    """The resolved config `isoflop train` is given for `run` (rewritten only when it changed)."""
+    path = plan.config_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {plan.spec.name} / {run.run_id}: resolved from {plan.spec.path} by `isoflop grid run`\n" \
+           + dump_yaml(run.config)
+    if not path.exists() or path.read_text() != text:
+        atomic_write(path, text)
+
+
 def select(plan: GridPlan, only: list[str] | None) -> list[PlannedRun]:
-    """The runs --only names (all without it), with the stable run of every branch among them, in plan order."""
+    """The runs --only names (all without it), with the runs each of them waits for, in plan order."""
     if not only:
         return list(plan.runs)
     known = {run.run_id: run for run in plan.runs}
@@ -88,7 +95,7 @@ def select(plan: GridPlan, only: list[str] | None) -> list[PlannedRun]:
         dropped = {item.run_id for item in plan.dropped}
         why = [f"{r} (dropped by the planner)" if r in dropped else r for r in unknown]
         raise ConfigError([f"--only: {', '.join(why)} not in the plan; planned runs: {', '.join(known)}"])
-    wanted = set(only) | {known[run_id].parent for run_id in only if known[run_id].parent}
+    wanted = set(only) | {waited for run_id in only for waited in known[run_id].waits_for}
     return [run for run in plan.runs if run.run_id in wanted]
 
 
@@ -347,19 +354,20 @@ class _SubmititBackend:
                 str(status_lib.record_path(self.plan, run.run_id)), self.name, dict(self.plan.spec.resources.env or {}))
 
     def submit_all(self, runs: list[PlannedRun]) -> list[_Active]:
-        """One job array for the runs that start at step 0 (SLURM), then each branch as a job that waits for
-        its stable run's job (afterok); a branch whose stable run is not in `runs` has completed already."""
+        """One job array for the runs that wait for none of `runs` (SLURM), then each other run as a job that
+        waits for their jobs (afterok); a run it waits for that is not in `runs` has completed already."""
         now = time.time()
         records = {run.run_id: status_lib.record_path(self.plan, run.run_id) for run in runs}
         for path in records.values():  # before submitting: a job that starts at once writes its own pid and host
             status_lib.write_record(path, executor=self.name, job_id="submitting", started=now, finished=None,
                                     error=None, pid=None, host=None, returncode=None)
-        first = [run for run in runs if run.parent is None or run.parent not in records]
+        first = [run for run in runs if not set(run.waits_for) & records.keys()]
         jobs = dict(zip((run.run_id for run in first),
                         self.executor.map_array(TrainJob(), *zip(*(self._job_args(run) for run in first)))))
         for run in runs:
             if run.run_id not in jobs:
-                self.executor.update_parameters(slurm_additional_parameters=_after(jobs[run.parent].job_id))
+                waited = [jobs[run_id].job_id for run_id in run.waits_for if run_id in jobs]
+                self.executor.update_parameters(slurm_additional_parameters=_after(waited))
                 jobs[run.run_id] = self.executor.submit(TrainJob(), *self._job_args(run))
         self.executor.update_parameters(slurm_additional_parameters={})
         for run_id, path in records.items():
@@ -395,28 +403,37 @@ class _SubmititBackend:
         pass
 
 
-def _after(job_id) -> dict:
-    """sbatch's --dependency: start once job `job_id` has completed successfully."""
-    return {"dependency": f"afterok:{job_id}"}
+def _after(job_ids: list) -> dict:
+    """sbatch's --dependency: start once every job of `job_ids` has completed successfully."""
+    return {"dependency": "afterok:" + ":".join(str(job_id) for job_id in job_ids)}
 
 
 def _next_ready(pending: list[PlannedRun], outcome: dict[str, str]) -> PlannedRun | None:
-    """Take the first pending run that can start: no stable run, or one that has completed."""
+    """Take the first pending run that can start: every run it waits for has completed."""
     for run in pending:
-        if run.parent is None or outcome.get(run.parent) == "completed":
+        if all(outcome.get(run_id) == "completed" for run_id in run.waits_for):
             pending.remove(run)
             return run
     return None
 
 
 def _blocked(pending: list[PlannedRun], outcome: dict[str, str], active: list) -> list[PlannedRun]:
-    """Take the pending branches whose stable run will not complete in this session (failed, or not run)."""
+    """Take the pending runs that wait for a run that will not complete in this session (failed, or not run)."""
     running = {item.run.run_id for item in active} | {run.run_id for run in pending}
-    blocked = [run for run in pending if run.parent is not None and outcome.get(run.parent) != "completed"
-               and run.parent not in running]
+    blocked = [run for run in pending if any(outcome.get(run_id) != "completed" and run_id not in running
+                                             for run_id in run.waits_for)]
     for run in blocked:
         pending.remove(run)
     return blocked
+
+
+def _with_rate(plan: GridPlan, run: PlannedRun) -> PlannedRun:
+    """A run whose rate is transferred, at its completed sweep's best rate, with its config written."""
+    if not run.lr_pending:
+        return run
+    run = resolve_transfer(run, status_lib.sweep_summaries(plan, run))
+    write_config(plan, run)
+    return run
 
 
 def _raise_on_sigterm():
@@ -438,6 +455,7 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
         raise ConfigError([f"--executor: {executor!r} is not allowed; choose one of {', '.join(EXECUTORS)}"])
     if max_parallel < 1:
         raise ConfigError([f"--max-parallel: {max_parallel} must be >= 1"])
+    plan = status_lib.with_transfers_resolved(plan)  # a rerun after the sweep: its runs' configs as trained
     selected = select(plan, only)
     check_run_dirs(plan)
     write_plan_files(plan)
@@ -466,23 +484,36 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
 
     active: list[_Active] = []
     if backend.name == "slurm":
-        active = backend.submit_all(pending)
+        active = backend.submit_all([run for run in pending if not run.lr_pending])
         for item in active:
             progress.print(f"  submitted {item.run.run_id} as slurm job {item.handle.job_id}")
-        pending = []
+        pending = [run for run in pending if run.lr_pending]  # submitted once their sweep has completed
         if not wait:
-            progress.print(f"submitted {len(active)} job(s); follow them with `isoflop grid status {plan.spec.path}`")
+            later = f"; {len(pending)} wait for their lr sweep: run `isoflop grid run` again once it has completed" \
+                if pending else ""
+            progress.print(f"submitted {len(active)} job(s); follow them with `isoflop grid status {plan.spec.path}`"
+                           + later)
             return 0
     interrupted = False
     previous_term = _raise_on_sigterm()
     try:
         while pending or active:
             while len(active) < max_parallel and (run := _next_ready(pending, outcome)) is not None:
+                try:
+                    run = _with_rate(plan, run)
+                except ConfigError as err:
+                    outcome[run.run_id] = "failed"
+                    progress.finish(run, {"status": "failed", "error": f"not started: {err.problems[0]}"}, 0.0,
+                                    pending, [], max_parallel)
+                    continue
                 progress.start(run, backend.name)
                 active.append(backend.start(run))
             for run in _blocked(pending, outcome, active):
-                progress.finish(run, {"status": "failed", "error": f"not started: its stable run {run.parent} did "
-                                      "not complete"}, 0.0, pending, [], max_parallel)
+                outcome[run.run_id] = "failed"
+                what = f"its stable run {run.parent}" if run.role == "branch" else \
+                    f"its lr sweep {run.config.run.lr_transfer}"
+                progress.finish(run, {"status": "failed", "error": f"not started: {what} did not complete"}, 0.0,
+                                pending, [], max_parallel)
             for item in list(active):
                 result = backend.poll(item)
                 if result is None:

@@ -5,8 +5,9 @@ record per run under out_dir/name/_grid/state/<run_id>.json (who runs it: pid, h
 and how the process ended), which tells a live run from a dead one that left no summary (SIGKILL, a
 crash before the trainer could write one).
 
-Each run also shows its role (run, WSD stable or branch), its peak learning rate, and whether it is a
-point of the fits (common/fit_points.py: a stable run is not, nor an lr sweep's losing rates).
+Each run also shows its role (run, WSD stable or branch), its peak learning rate (a rate transferred from
+an lr sweep once that sweep has completed: `with_transfers_resolved`), and whether it is a point of the
+fits (common/fit_points.py: a stable run is not, nor an lr sweep's losing rates).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from common import fit_points
 from common.files import atomic_write
 from common.run_contract import CONFIG_FILE, SUMMARY_FILE, ContractError, RunSummary, last_logged_step, read_summary
-from launch.plan import GRID_DIR, GridPlan, PlannedRun
+from common.validation import ConfigError
+from launch.plan import GRID_DIR, GridPlan, PlannedRun, resolve_transfer
 
 STATUSES = ("completed", "running", "failed", "not started")
 
@@ -36,7 +38,8 @@ class RunStatus:
     wall_seconds: float | None
     detail: str
     role: str = "run"  # run | stable | branch (the plan's)
-    learning_rate: float | None = None  # the plan's peak rate
+    learning_rate: float | None = None  # the plan's peak rate (None: to be transferred from lr_transfer's sweep)
+    lr_transfer: str | None = None  # the lr sweep group the rate is transferred from
     fit: str = ""  # a completed run: whether it is a fit point, and why (common/fit_points.py)
     summary: RunSummary | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -124,8 +127,8 @@ def _summary(run_dir: pathlib.Path) -> tuple[RunSummary | None, float | None, st
 def _facts(run: PlannedRun) -> dict:
     """The plan's role and peak rate of a run (a reader handed only run_id and steps gets the defaults)."""
     config = getattr(run, "config", None)
-    return {"role": getattr(run, "role", "run"),
-            "learning_rate": config.optimizer.learning_rate if config is not None else None}
+    return {"role": getattr(run, "role", "run"), "learning_rate": run.learning_rate if config is not None else None,
+            "lr_transfer": config.run.lr_transfer if config is not None else None}
 
 
 def _origin(run: PlannedRun) -> str:
@@ -134,6 +137,9 @@ def _origin(run: PlannedRun) -> str:
         return f"from {run.parent}@{run.prefix_steps}"
     if role == "stable":
         return f"stable for {run.coords.get('branches', 0)} branches"
+    config = getattr(run, "config", None)
+    if config is not None and config.run.lr_transfer is not None:
+        return f"lr transferred from {config.run.lr_transfer}"
     return ""
 
 
@@ -177,8 +183,32 @@ def run_status(plan: GridPlan, run: PlannedRun) -> RunStatus:
     return make("not started")
 
 
+def sweep_summaries(plan: GridPlan, run: PlannedRun) -> list[RunSummary] | None:
+    """The summaries of the runs a transferred run waits for (its lr sweep); None until all have completed."""
+    statuses = [run_status(plan, plan.run(run_id)) for run_id in run.waits_for]
+    if any(item.status != "completed" or item.summary is None for item in statuses):
+        return None
+    return [item.summary for item in statuses]
+
+
+def with_transfers_resolved(plan: GridPlan) -> GridPlan:
+    """The plan with the rate of every transferred run whose sweep has completed (launch/plan.py
+    `resolve_transfer`); the others, and one whose sweep has no finite loss, stay pending."""
+    runs = []
+    for run in plan.runs:
+        sweep = sweep_summaries(plan, run) if run.lr_pending else None
+        if sweep is not None:
+            try:
+                run = resolve_transfer(run, sweep)
+            except ConfigError:
+                pass
+        runs.append(run)
+    return dataclasses.replace(plan, runs=tuple(runs))
+
+
 def grid_status(plan: GridPlan) -> list[RunStatus]:
     """Every planned run's status; completed ones also say whether they are fit points."""
+    plan = with_transfers_resolved(plan)
     statuses = [run_status(plan, run) for run in plan.runs]
     completed = [item for item in statuses if item.status == "completed" and item.summary is not None]
     verdicts = fit_points.verdicts([item.summary for item in completed])
@@ -213,5 +243,7 @@ __all__ = [
     "run_status",
     "start_record",
     "strays",
+    "sweep_summaries",
+    "with_transfers_resolved",
     "write_record",
 ]

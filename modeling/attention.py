@@ -5,11 +5,17 @@ A variant is a module class registered under names that `modeling/attention_kind
 one). The class provides, with these signatures:
 
 - `__init__(cfg, layer, rngs)`;
-- `__call__(x, positions) -> y`: the causal mixing over a whole sequence, projections included;
-- `init_decode_state(batch_size, max_len, dtype) -> dict of arrays`: what one layer carries between
-  decode steps (`modeling/decode.py` calls this; accounting's `decode_state_bytes` describes it);
-- `decode(x, positions, state, start) -> (y, state)`: the same mixing for tokens at positions
-  start.., continuing from `state` (prefill and one-token steps alike).
+- `__call__(x, positions, cache=None) -> (y, new_cache)`: the causal mixing of x [B, T, d] at
+  `positions` [T], projections included. Without a cache (training) it mixes the T tokens among
+  themselves and returns new_cache None; with one it continues the sequence the cache holds (prefill
+  and one-token steps alike), `positions` being cache-fill .. cache-fill + T - 1;
+- `empty_cache(batch_size, max_len, dtype) -> cache`: the layer's typed cache (a NamedTuple of arrays,
+  below) before any token, for requests of up to `max_len` tokens; accounting's `decode_state_bytes`
+  counts exactly its bytes per sequence.
+
+The caches (docs/INFERENCE.md has the layout): `KVCache` (a global softmax layer: K/V of every
+position), `RingKVCache` (a local sliding-window layer: K/V of the last `window` positions only) and
+`LinearState` (linear attention's constant-size recurrent state).
 
 mha/gqa/mqa/sliding_window differ only in the number of key/value heads and the mask, so they share
 `SoftmaxAttention`.
@@ -17,20 +23,62 @@ mha/gqa/mqa/sliding_window differ only in the number of key/value heads and the 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling import attention_kinds
+from modeling import attention_kinds, mup
 from modeling.causal_attention import blocked_causal_attention
 from modeling.config import ModelConfig
 from modeling.layers import dense
 from modeling.positions import apply_rope, rope_frequencies
 
 ATTENTION: dict[str, type[nnx.Module]] = {}
-MODULE_METHODS = ("__call__", "init_decode_state", "decode")
+MODULE_METHODS = ("__call__", "empty_cache")
+
+
+class KVCache(NamedTuple):
+    """A global softmax layer: K and V of positions 0 .. max_len - 1 in order (unwritten past the fill)."""
+
+    k: jax.Array  # [B, max_len, Hkv, hd], the compute dtype
+    v: jax.Array
+
+    def extend(self, k: jax.Array, v: jax.Array, positions: jax.Array):
+        """(keys and values the new queries at `positions` attend over, the position of each, the cache
+        with the new k, v written): the whole buffer, whose unwritten tail lies after every query."""
+        keys = jax.lax.dynamic_update_slice_in_dim(self.k, k.astype(self.k.dtype), positions[0], axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(self.v, v.astype(self.v.dtype), positions[0], axis=1)
+        return keys, values, jnp.arange(keys.shape[1]), KVCache(keys, values)
+
+
+class RingKVCache(NamedTuple):
+    """A local (sliding-window) layer: K and V of the last S = min(window, max_len) positions, position p
+    in slot p % S, so the cache never grows past the window however long the request."""
+
+    k: jax.Array  # [B, S, Hkv, hd], the compute dtype
+    v: jax.Array
+
+    def extend(self, k: jax.Array, v: jax.Array, positions: jax.Array):
+        """As `KVCache.extend`. The new queries attend over the ring as it was plus the new tokens (a
+        prefill longer than the ring needs its own early tokens); the ring then keeps the last S."""
+        size, start = self.k.shape[1], positions[0]
+        held = start - 1 - jnp.mod(start - 1 - jnp.arange(size), size)  # latest p < start in each slot; < 0: empty
+        keys = jnp.concatenate([self.k, k.astype(self.k.dtype)], axis=1)
+        values = jnp.concatenate([self.v, v.astype(self.v.dtype)], axis=1)
+        kept = min(k.shape[1], size)
+        slots = jnp.mod(positions[-kept:], size)
+        ring = RingKVCache(self.k.at[:, slots].set(k[:, -kept:].astype(self.k.dtype)),
+                           self.v.at[:, slots].set(v[:, -kept:].astype(self.v.dtype)))
+        return keys, values, jnp.concatenate([held, positions]), ring
+
+
+class LinearState(NamedTuple):
+    """A linear-attention layer: the recurrent state after every token so far (constant size)."""
+
+    state: jax.Array  # [B, H, hd, hd] fp32: the sum of φ(k)ᵀ v
+    key_sum: jax.Array  # [B, H, hd] fp32: the sum of φ(k)
 
 
 def register(*names: str) -> Callable[[type], type]:
@@ -102,8 +150,9 @@ class SoftmaxAttention(nnx.Module):
     `jax.nn.dot_product_attention` picks a fused kernel (cuDNN flash attention) on GPU and the XLA
     composition elsewhere; it broadcasts grouped K/V heads itself and keeps the softmax in fp32.
     `model.attention_impl` swaps in the block-causal kernel of modeling/causal_attention.py (the CPU
-    default), which computes the same function with about half the work. Decoding keeps K/V in a
-    fixed-size buffer (a jit-stable shape) and masks what is not yet written or outside the window.
+    default), which computes the same function with about half the work. With a cache, a global layer
+    keeps K/V in a buffer of max_len positions (a jit-stable shape), a local one in a ring of `window`,
+    and the new queries attend over it through a mask (unwritten, future and out-of-window keys hidden).
     A variant that changes only the scores overrides `attend` and `attend_visible`.
     """
 
@@ -112,10 +161,20 @@ class SoftmaxAttention(nnx.Module):
         local = cfg.layer_kind(layer) == "local"
         self.window = cfg.window if local else None
         self.impl, self.block_size = cfg.attention_impl, cfg.attention_block_size
+        self.query_multiplier = mup.query_multiplier(cfg)  # μP: logits ∝ 1/head_dim (modeling/mup.py)
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: KVCache | RingKVCache | None = None):
         q, k, v = self.proj.qkv(x, positions)
-        return self.proj.project_out(self.attend(q, k, v))
+        q = mup.scale(q, self.query_multiplier)
+        if cache is None:
+            return self.proj.project_out(self.attend(q, k, v)), None
+        keys, values, key_pos, cache = cache.extend(k, v, positions)
+        query_pos, key_pos = positions[:, None], key_pos[None, :]
+        visible = (key_pos <= query_pos) & (key_pos >= 0)
+        if self.window is not None:
+            visible &= key_pos > query_pos - self.window
+        heads = self.attend_visible(q, keys.astype(q.dtype), values.astype(q.dtype), visible)
+        return self.proj.project_out(heads), cache
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         """Causal (and windowed) attention over one whole sequence: heads [B,T,H,hd]."""
@@ -125,24 +184,16 @@ class SoftmaxAttention(nnx.Module):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
 
     def attend_visible(self, q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
-        """Attention of new queries over the cache buffer; `visible` [t, max_len] says which keys count."""
+        """Attention of new queries over cached keys; `visible` [t, keys] says which keys count."""
         return jax.nn.dot_product_attention(q, k, v, mask=visible[None, None])
 
-    def init_decode_state(self, batch_size: int, max_len: int, dtype) -> dict[str, jax.Array]:
-        shape = (batch_size, max_len, self.proj.kv_heads, self.proj.head_dim)
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
-    def decode(self, x: jax.Array, positions: jax.Array, state: dict, start) -> tuple[jax.Array, dict]:
-        q, k, v = self.proj.qkv(x, positions)
-        keys = jax.lax.dynamic_update_slice_in_dim(state["k"], k.astype(state["k"].dtype), start, axis=1)
-        values = jax.lax.dynamic_update_slice_in_dim(state["v"], v.astype(state["v"].dtype), start, axis=1)
-        query_pos = positions[:, None]
-        key_pos = jnp.arange(keys.shape[1])[None, :]
-        visible = key_pos <= query_pos  # also hides the unwritten tail of the buffer
-        if self.window is not None:
-            visible &= key_pos > query_pos - self.window
-        heads = self.attend_visible(q, keys.astype(q.dtype), values.astype(q.dtype), visible)
-        return self.proj.project_out(heads), {"k": keys, "v": values}
+    def empty_cache(self, batch_size: int, max_len: int, dtype) -> KVCache | RingKVCache:
+        """Only the n_kv_heads K/V heads are cached (GQA/MQA's saving); a local layer only its window."""
+        if self.window is None:
+            shape = (batch_size, max_len, self.proj.kv_heads, self.proj.head_dim)
+            return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        shape = (batch_size, min(self.window, max_len), self.proj.kv_heads, self.proj.head_dim)
+        return RingKVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
 FEATURE_MAPS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -228,17 +279,16 @@ class LinearAttention(nnx.Module):
             k, v = jnp.repeat(k, self.groups, axis=2), jnp.repeat(v, self.groups, axis=2)
         return self.feature_map(q), self.feature_map(k), v
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: LinearState | None = None):
+        """The chunked form over a whole sequence; with a cache, the recurrent form continuing its state."""
         q, k, v = self._features(x, positions)
-        heads = linear_attention_chunked(q, k, v, self.chunk_size)
-        return self.proj.project_out(heads.astype(x.dtype))
+        if cache is None:
+            heads = linear_attention_chunked(q, k, v, self.chunk_size)
+            return self.proj.project_out(heads.astype(x.dtype)), None
+        heads, (state, key_sum) = linear_attention_recurrent(q, k, v, (cache.state, cache.key_sum))
+        return self.proj.project_out(heads.astype(x.dtype)), LinearState(state, key_sum)
 
-    def init_decode_state(self, batch_size: int, max_len: int, dtype) -> dict[str, jax.Array]:
+    def empty_cache(self, batch_size: int, max_len: int, dtype) -> LinearState:
         heads, hd = self.proj.n_heads, self.proj.head_dim
-        return {"state": jnp.zeros((batch_size, heads, hd, hd), jnp.float32),
-                "key_sum": jnp.zeros((batch_size, heads, hd), jnp.float32)}
-
-    def decode(self, x: jax.Array, positions: jax.Array, state: dict, start) -> tuple[jax.Array, dict]:
-        q, k, v = self._features(x, positions)
-        heads, (s, z) = linear_attention_recurrent(q, k, v, (state["state"], state["key_sum"]))
-        return self.proj.project_out(heads.astype(x.dtype)), {"state": s, "key_sum": z}
+        return LinearState(jnp.zeros((batch_size, heads, hd, hd), jnp.float32),
+                           jnp.zeros((batch_size, heads, hd), jnp.float32))

@@ -2,10 +2,10 @@
 
 An attention kind is two registry entries with the same name: an `AttentionKind` here (its FLOPs under
 the conventions, its XLA-count model, its decode-state bytes, its activation bytes and its own config
-checks) and an nnx module in `modeling/attention.py` (its forward pass and its cached decode step),
+checks) and an nnx module in `modeling/attention.py` (its forward pass, with or without a cache),
 whose `register` refuses a name this registry does not hold. Everything else is derived: config
 validation takes its list of kinds from `names()`, `modeling/accounting/` calls the entry's functions,
-`modeling/decode.py` calls the module's decode methods.
+and decoding runs the module's `__call__` with the cache its `empty_cache` builds.
 
 Why two registries rather than one entry holding the module class: `modeling/accounting/` (and through
 it `analysis/` and `launch/`) must import without jax, and a module class cannot exist without it. The

@@ -22,8 +22,11 @@ LAYER_KINDS = ("local", "global")
 FEATURE_MAPS = ("elu1", "relu")
 ATTENTION_IMPLS = ("auto", "xla", "blocked")
 BF16_MATMULS = ("auto", "xla", "f32_result")
+LAYER_STACKS = ("auto", "unrolled", "scan")
+SCAN_AUTO_MIN_LAYERS = 16  # layer_stack=auto scans from this depth on (docs/PERFORMANCE.md, "Depth: scan over layers")
 # Which linear layers carry a bias: none; qkv = the q/k/v projections only (Qwen2); all = every one (GPT-2).
 BIAS_KINDS = {"none": (), "qkv": ("qkv",), "all": ("qkv", "out", "ffn")}
+PARAMETERIZATIONS = ("sp", "mup")  # modeling/mup.py, docs/MUP.md
 
 # Each precision's parameter storage dtype and activation dtype, by common.vocabulary's dtype names; the
 # dtype its matmuls run in is common.vocabulary.PRECISION_COMPUTE_DTYPES. fp8 quantises matmul operands
@@ -86,19 +89,38 @@ class ModelConfig:
     precision: str = "fp32"
     remat: str = "none"
     init_std: float = 0.02
+    # parameterization (modeling/mup.py, docs/MUP.md): "sp" = the init above and one learning rate at every
+    # width; "mup" = μP (Yang et al. 2022, Table 8), whose init, per-role Adam learning rates and output and
+    # attention multipliers scale with m = d_model / mup_base_width, so that a learning rate tuned at one
+    # width transfers to the others (μP at its base width is SP). mup_base_head_dim: the head width at the
+    # base, for a family whose head width grows with d_model; None = the head width does not grow (a grid
+    # ladder's fixed head_dim), and the attention keeps 1/sqrt(head width).
+    parameterization: str = "sp"
+    mup_base_width: int | None = None
+    mup_base_head_dim: int | None = None
     # Performance knobs (docs/PERFORMANCE.md has the measurements). "auto" picks per backend at trace time.
     # attention_impl (softmax attention kinds): "xla" = jax.nn.dot_product_attention (cuDNN flash attention
     # on GPU, the full T×T XLA composition elsewhere); "blocked" = modeling/causal_attention.py: query
     # blocks see only the keys they can attend to (about half the T×T work) and a hand-written
-    # flash-style backward; more, smaller matmuls, so it pays on CPU only. auto: blocked on CPU, else xla.
+    # flash-style backward; more, smaller matmuls, so it pays on CPU only. auto: blocked on CPU, else xla;
+    # a training on CPU measures xla vs blocked and the block size per host (train/cpu_paths.py).
     attention_impl: str = "auto"
     attention_block_size: int = 64  # blocked: queries per block (smaller skips more masked work, more ops)
     # bf16_matmul (bf16 compute dtypes): "xla" = bf16 operands and bf16 results; "f32_result" = bf16
     # operands with fp32 results, bias add (and the FFN activation) in fp32, one rounding to bf16, and
     # backward matmuls of the same kind (modeling/precision.py). XLA:CPU runs f32-result bf16 dots on
     # native bf16 instructions (AVX512_BF16, AMX) ~2x faster than bf16-result ones and has no bf16
-    # arithmetic; accelerators gain nothing and write twice the bytes. auto: f32_result on CPU, else xla.
+    # arithmetic; accelerators gain nothing and write twice the bytes. auto: f32_result on CPU, else xla;
+    # a training on CPU measures xla vs f32_result per host (train/cpu_paths.py).
     bf16_matmul: str = "auto"
+    # layer_stack: "unrolled" = one traced and compiled copy of every layer (XLA may fuse and schedule
+    # across layer boundaries); "scan" = the layers' parameters stacked on a leading "layers" axis and
+    # applied by one nnx.scan, so tracing and compilation cost one period of layers whatever the depth,
+    # at the price of a loop XLA cannot optimise across. Layers that differ (layer_pattern's local/global,
+    # MoE every moe_every-th layer) are scanned as their repeating period, which must divide n_layers
+    # (`layer_period`). Parameter paths differ between the two (a checkpoint restores into its own).
+    # auto: scan from SCAN_AUTO_MIN_LAYERS layers on when the period divides n_layers, else unrolled.
+    layer_stack: str = "unrolled"
     # Mixture of experts, read only when ffn=moe (modeling/moe.py, docs/MOE.md): every moe_every-th layer
     # routes each token to moe_top_k of moe_experts experts (each a moe_expert_ffn FFN, d_ff wide) by a
     # fp32 router; moe_shared_experts more see every token; the other layers run one moe_expert_ffn FFN.
@@ -142,6 +164,19 @@ class ModelConfig:
             return "local"
         return self.layer_pattern[layer % len(self.layer_pattern)]
 
+    def layer_period(self) -> int:
+        """The fewest consecutive layers whose attention and FFN kinds repeat through the whole depth."""
+        kinds = [(self.layer_kind(layer), ffn_kinds.layer_kind(self, layer)) for layer in range(self.n_layers)]
+        return next(p for p in range(1, self.n_layers + 1)
+                    if all(kinds[layer] == kinds[layer - p] for layer in range(p, self.n_layers)))
+
+    def scan_repeats(self) -> int | None:
+        """How many times layer_stack=scan repeats the layer period (auto resolved); None: unrolled."""
+        if self.layer_stack == "unrolled" or (self.layer_stack == "auto" and self.n_layers < SCAN_AUTO_MIN_LAYERS):
+            return None
+        period = self.layer_period()
+        return self.n_layers // period if self.n_layers % period == 0 else None
+
     def has_bias(self, part: str) -> bool:
         """Whether the `part` ("qkv", "out" or "ffn") linear layers carry a bias under model.bias."""
         return part in BIAS_KINDS.get(self.bias, ())
@@ -153,7 +188,8 @@ def _choices(cfg: ModelConfig) -> list[str]:
                            ("norm", NORM_KINDS), ("position", POSITION_KINDS), ("precision", PRECISION_KINDS),
                            ("remat", REMAT_KINDS), ("linear_feature_map", FEATURE_MAPS),
                            ("attention_impl", ATTENTION_IMPLS), ("bf16_matmul", BF16_MATMULS),
-                           ("bias", tuple(BIAS_KINDS))):
+                           ("bias", tuple(BIAS_KINDS)), ("layer_stack", LAYER_STACKS),
+                           ("parameterization", PARAMETERIZATIONS)):
         problems += one_of(f"model.{field}", getattr(cfg, field), allowed)
     for i, kind in enumerate(cfg.layer_pattern):
         problems += one_of(f"model.layer_pattern[{i}]", kind, LAYER_KINDS)
@@ -163,10 +199,11 @@ def _choices(cfg: ModelConfig) -> list[str]:
 def _sizes(cfg: ModelConfig) -> list[str]:
     """Positive integers within LIMITS; a problem here stops the shape checks that divide by them."""
     problems: list[str] = []
+    optional = ("n_kv_heads", "head_dim", "window", "mup_base_width", "mup_base_head_dim")
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "linear_chunk_size",
-                  "attention_block_size", "n_kv_heads", "head_dim", "window"):
+                  "attention_block_size", *optional):
         value = getattr(cfg, field)
-        if value is None and field in ("n_kv_heads", "head_dim", "window"):
+        if value is None and field in optional:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.append(f"model.{field}: {value!r} must be a positive integer")
@@ -226,12 +263,22 @@ def _attention_kind(cfg: ModelConfig) -> list[str]:
     return problems + kind.validate(cfg)
 
 
+def _parameterization(cfg: ModelConfig) -> list[str]:
+    """μP needs its base width; the base fields mean nothing under SP, so setting them there is a mistake."""
+    if cfg.parameterization == "mup" and cfg.mup_base_width is None:
+        return ["model.mup_base_width: required for parameterization=mup (the d_model at which μP equals SP)"]
+    if cfg.parameterization == "sp":
+        return [f"model.{field}: only used with parameterization=mup (got sp)"
+                for field in ("mup_base_width", "mup_base_head_dim") if getattr(cfg, field) is not None]
+    return []
+
+
 def validate_model(cfg: ModelConfig) -> list[str]:
     """Every problem with a model config, one line each, each starting with `model.` (empty: buildable).
 
     Checks that relate fields run only when the fields they read passed their own checks, so one bad
     value gives one line, not a cascade."""
-    problems = _choices(cfg) + _sizes(cfg) + _floats(cfg)
+    problems = _choices(cfg) + _sizes(cfg) + _floats(cfg) + _parameterization(cfg)
     if cfg.norm_bias and cfg.norm != "layernorm":
         problems.append("model.norm_bias: only layernorm has a bias (set model.norm=layernorm)")
     bad = {problem.split(":")[0].split("[")[0] for problem in problems}
@@ -241,4 +288,7 @@ def validate_model(cfg: ModelConfig) -> list[str]:
         problems += _attention_kind(cfg)
     if "model.ffn" not in bad:
         problems += ffn_kinds.get(cfg.ffn).validate(cfg)
+    if cfg.layer_stack == "scan" and not problems and cfg.n_layers % cfg.layer_period():
+        problems.append(f"model.layer_stack: scan repeats a period of {cfg.layer_period()} layers (layer_pattern,"
+                        f" moe_every) that does not divide model.n_layers={cfg.n_layers}; use unrolled or auto")
     return problems

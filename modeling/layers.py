@@ -2,7 +2,8 @@
 
 Init scheme (GPT-2 / Megatron): every weight matrix and embedding ~ N(0, init_std²); the matrices that
 write into the residual stream (attention output, FFN down projection) use init_std / sqrt(2·n_layers)
-so the residual variance does not grow with depth; biases 0; norm scales 1.
+so the residual variance does not grow with depth; biases 0; norm scales 1. Under μP the kernels built
+here are hidden weights, whose std also shrinks as 1/sqrt(width multiplier) (modeling/mup.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.config import ModelConfig
+from modeling.mup import hidden_init_std
 from modeling.precision import f32_result_matmul, fp8_dot_general, policy, resolve_for_backend
 from modeling.sharding import with_axes
 
@@ -46,7 +48,7 @@ def dense(cfg: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs,
     Its kernel's logical axes are (embed, wide) reading from the residual stream and (wide, embed)
     writing into it (`residual_out`): Megatron's column- and row-parallel layers."""
     prec = policy(cfg.precision)
-    std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if residual_out else cfg.init_std
+    std = hidden_init_std(cfg) / math.sqrt(2 * cfg.n_layers) if residual_out else hidden_init_std(cfg)
     axes = (WIDE_AXIS[part], "embed") if residual_out else ("embed", WIDE_AXIS[part])
     common = dict(use_bias=cfg.has_bias(part), dtype=prec.compute_dtype, param_dtype=prec.param_dtype,
                   kernel_init=with_axes(nnx.initializers.normal(std), *axes),

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling import feedforward, ffn_kinds
+from modeling import feedforward, ffn_kinds, mup
 from modeling.config import ModelConfig
 from modeling.precision import fp8_straight_through, policy
 from modeling.sharding import axes_metadata
@@ -46,9 +46,11 @@ class Router(nnx.Module):
         init = nnx.initializers.normal(cfg.init_std)
         self.kernel = nnx.Param(init(rngs.params(), (cfg.d_model, cfg.moe_experts), policy(cfg.precision).param_dtype),
                                 **axes_metadata("embed", "router"))
+        self.multiplier = mup.output_multiplier(cfg)  # μP: d_model -> E is an output layer (modeling/mup.py)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(F32), self.kernel[...].astype(F32), precision=jax.lax.Precision.HIGHEST)
+        x = mup.scale(x.astype(F32), self.multiplier)
+        return jnp.dot(x, self.kernel[...].astype(F32), precision=jax.lax.Precision.HIGHEST)
 
 
 def route(cfg: ModelConfig, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from common import cpuinfo
 from common.vocabulary import PRECISION_COMPUTE_DTYPES
 from common.warn import warn_once
 from modeling.config import ACTIVATION_DTYPES, PARAM_DTYPES
@@ -88,14 +89,26 @@ def resolve_for_backend(choice: str, *, cpu: str, other: str) -> str:
 # ----------------------------------------------------------------------------- f32-result bf16 matmuls
 
 
+def native_bf16_dots() -> bool:
+    """Whether bf16 dots may run on bf16 instructions: always off the CPU; on a CPU unless its flags say
+    it has none (AVX512_BF16, AMX-BF16, Arm BF16). Unknown flags leave XLA's kernel alone."""
+    return jax.default_backend() != "cpu" or cpuinfo.native_bf16(cpuinfo.host()) is not False
+
+
 def _f32_dot(lhs: jax.Array, rhs: jax.Array, contract: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
+    if lhs.dtype == jnp.bfloat16 and not native_bf16_dots():
+        # A CPU without bf16 dot instructions multiplies in fp32 anyway; fp32 operands get XLA's fp32 GEMM,
+        # so bf16_mixed's matmuls are not slower than fp32's. bf16 products are exact in fp32: the same
+        # function up to summation order.
+        lhs, rhs = lhs.astype(jnp.float32), rhs.astype(jnp.float32)
     return jax.lax.dot_general(lhs, rhs, (contract, ((), ())), preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def f32_result_matmul(x: jax.Array, w: jax.Array, bias: jax.Array | None, result_dtype) -> jax.Array:
     """x [..., K] @ w [K, N] (+ bias [N]) with operands as given (bf16), accumulated in fp32, the bias
-    added in fp32, then cast to `result_dtype`.
+    added in fp32, then cast to `result_dtype` (on a CPU without bf16 dot instructions the dot itself runs
+    on fp32 copies of the operands: `_f32_dot`).
 
     The backward pass feeds its two matmuls bf16 operands the same way (autodiff would pair an fp32
     cotangent with a bf16 operand and fall back to an fp32 matmul) and sums the bias gradient in fp32

@@ -2,10 +2,11 @@
 
 Each weight names its dimensions where it is created (Flax `out_sharding` metadata, eager sharding off, so
 the model builds the same on one CPU as on a pod): a dense kernel is ("embed", "mlp"), the stacked experts
-("expert", "embed", "mlp") (the expert axis is added by the `nnx.vmap` that stacks them), the token
-embedding ("vocab", "embed"). `RULES` then says which mesh axis each logical axis is split over, as
-MaxText's `logical_axis_rules` and the Flax examples do; changing a parallelism strategy is an edit of
-that table, not of module-name matching. Norm scales and QK-norm carry no names and stay replicated.
+("expert", "embed", "mlp") (the expert axis is added by the `nnx.vmap` that stacks them; the "layers"
+axis of a scanned layer stack likewise, in front), the token embedding ("vocab", "embed"). `RULES` then
+says which mesh axis each logical axis is split over, as MaxText's `logical_axis_rules` and the Flax
+examples do; changing a parallelism strategy is an edit of that table, not of module-name matching.
+Norm scales and QK-norm carry no names and stay replicated.
 
 Mesh axes: data (pure data parallelism), fsdp (data parallelism with parameters sharded, ZeRO-3), expert
 (experts split across devices; it also splits the batch, so non-expert weights see it as data
@@ -33,6 +34,7 @@ RULES: dict[str, str | None] = {
     "expert": "expert",  # the stacked experts of an MoE layer
     "router": None,  # the E router logits: a d×E matrix, kept whole
     "positions": None,  # learned position table rows
+    "layers": None,  # the stacked layers of model.layer_stack=scan: each device holds every layer's slice
 }
 
 

@@ -12,7 +12,6 @@ from common.run_contract import read_summary
 from common.validation import ConfigError
 from modeling import accounting
 from modeling.config import ModelConfig
-from modeling.decode import init_cache
 from modeling.transformer import Transformer
 from test_generate import CHECKPOINT_STEP, TINY, make_run_dir
 from train import bench_infer, hardware
@@ -27,7 +26,7 @@ GQA = dataclasses.replace(SMALL, attention="gqa", n_kv_heads=1)  # 4x fewer KV h
 @pytest.mark.parametrize("cfg", [SMALL, GQA], ids=["mha", "gqa"])
 @pytest.mark.parametrize("batch, tokens", [(1, 7), (3, 12)])
 def test_measured_cache_bytes_are_analytic_bytes_per_token_times_tokens(cfg, batch, tokens):
-    cache = init_cache(Transformer(cfg, nnx.Rngs(0)), batch, tokens)
+    cache = Transformer(cfg, nnx.Rngs(0)).empty_cache(batch, tokens)
     assert cache_bytes(cache) == accounting.kv_cache_bytes_per_token(cfg) * batch * tokens
 
 

@@ -309,3 +309,127 @@ def test_a_failed_bandwidth_calibration_is_null_with_one_warning(tmp_path, monke
     bandwidth = hardware.device_bandwidth(jax.devices("cpu")[0], cache_path=tmp_path / "b.json")
     assert bandwidth.bytes_per_second is None and "failed" in bandwidth.source
     assert sum("CPU bandwidth: calibration failed" in str(w.message) for w in recwarn) == 1
+
+
+# ----------------------------------------------------------------------------- CPU nominal peak
+
+ZEN4_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9R14 96-Core Processor
+stepping\t: 1
+cpu MHz\t\t: 2596.152
+siblings\t: 4
+cpu cores\t: 2
+flags\t\t: fpu sse2 ht fma avx2 avx512f avx512_bf16 avx512_vnni
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 99
+"""
+SPR_CPUINFO = ("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Platinum"
+               " 8488C\nstepping\t: 8\ncpu MHz\t\t: 2400.000\nflags\t\t: fma avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+HASWELL_CPUINFO = ("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 63\nmodel name\t: Intel(R) Xeon(R) CPU"
+                   " E5-2676 v3 @ 2.40GHz\ncpu MHz\t\t: 2400.000\nflags\t\t: fma avx2\n")
+ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+
+
+def test_cpuinfo_is_read_from_the_first_processor_block():
+    from common import cpuinfo
+
+    info = cpuinfo.parse(ZEN4_CPUINFO)
+    assert (info.vendor, info.family, info.model, info.stepping) == ("AuthenticAMD", 25, 17, 1)
+    assert info.mhz == pytest.approx(2596.152) and info.threads_per_core == 2.0
+    assert cpuinfo.native_bf16(info) and cpuinfo.simd_flags(info) == ["fma", "avx2", "avx512f", "avx512_bf16"]
+    arm = cpuinfo.parse(ARM_CPUINFO)
+    assert arm.vendor is None and arm.model is None and cpuinfo.native_bf16(arm) is True
+    assert cpuinfo.native_bf16(cpuinfo.parse(HASWELL_CPUINFO)) is False
+    assert cpuinfo.native_bf16(cpuinfo.parse("")) is None  # unknown, not "no"
+
+
+@pytest.mark.parametrize("text,dtype,cores,expected,says", [
+    # Zen 4: 2 cores x 2 FMA x 8 fp32 lanes x 2 FLOP x 2.596152 GHz; bf16 twice that (VDPBF16PS)
+    (ZEN4_CPUINFO, "fp32", 2, 2 * 2 * 8 * 2 * 2.596152e9, "256-bit"),
+    (ZEN4_CPUINFO, "bf16", 2, 2 * 2 * 2 * 8 * 2 * 2.596152e9, "VDPBF16PS"),
+    # Sapphire Rapids: 2 x 512-bit FMA; bf16 on AMX tiles at 1,024 FLOP/cycle/core
+    (SPR_CPUINFO, "fp32", 4, 4 * 2 * 16 * 2 * 2.4e9, "Sapphire"),
+    (SPR_CPUINFO, "bf16", 4, 4 * 1024 * 2.4e9, "AMX"),
+    # Haswell: no bf16 instructions, so bf16 has the fp32 figure
+    (HASWELL_CPUINFO, "bf16", 2, 2 * 2 * 8 * 2 * 2.4e9, "no native bf16"),
+])
+def test_nominal_peak_formula(text, dtype, cores, expected, says):
+    from common import cpuinfo
+
+    info = cpuinfo.parse(text)
+    peak = hardware.nominal_cpu_peak(dtype, info, cores, info.mhz * 1e6, "clock")
+    assert peak.flops_per_second == pytest.approx(expected) and says in peak.source
+    assert peak.source.startswith("nominal: ")
+
+
+def test_nominal_peak_is_null_with_a_reason_when_unknown():
+    from common import cpuinfo
+
+    alder_lake = cpuinfo.parse(HASWELL_CPUINFO.replace("model\t\t: 63", "model\t\t: 151"))  # hybrid P/E cores
+    assert hardware.nominal_cpu_peak("fp32", alder_lake, 2, 3e9, "c") == Peak(
+        None, "nominal: no FMA datapath rule for GenuineIntel family 6 model 151 (Intel(R) Xeon(R) CPU E5-2676 v3 @"
+              " 2.40GHz) (train/hardware.py CPU_FMA_TABLE)")
+    zen4 = cpuinfo.parse(ZEN4_CPUINFO)
+    assert hardware.nominal_cpu_peak("fp32", zen4, 2, None, "no clock readable").source == "nominal: no clock readable"
+    assert hardware.nominal_cpu_peak("fp8", zen4, 2, 3e9, "c").flops_per_second is None
+    skylake_gold_5 = cpuinfo.parse(SPR_CPUINFO.replace("143", "85").replace("Platinum 8488C", "Gold 5118"))
+    assert hardware.fma_rule(skylake_gold_5) is None  # 1 or 2 AVX-512 FMA units: SKU-dependent, no guess
+    assert hardware.fma_rule(cpuinfo.parse(SPR_CPUINFO.replace("143", "85").replace("8488C", "8175M"))).fma_units == 2
+
+
+def test_fma_rules_never_overlap():
+    from common import cpuinfo
+
+    names = ["intel xeon platinum 8175m", "intel xeon silver 4114", "intel xeon gold 6148", "amd epyc", ""]
+    for rule in hardware.CPU_FMA_TABLE:
+        for model in range(256):
+            for name in names:
+                info = cpuinfo.CpuInfo(rule.vendor, name, rule.family, model, 0, frozenset(), None, 1.0)
+                matching = [r for r in hardware.CPU_FMA_TABLE if r.vendor == rule.vendor and r.family == rule.family
+                            and any(lo <= model <= hi for lo, hi in r.models)
+                            and (r.name is None or re.search(r.name, name))]
+                assert len(matching) <= 1, (rule.microarchitecture, model, name)
+                assert hardware.fma_rule(info) == (matching[0] if matching else None)
+
+
+def test_cpu_clock_prefers_cpufreq_and_falls_back_to_cpu_mhz(tmp_path):
+    from common import cpuinfo
+
+    info = cpuinfo.parse(ZEN4_CPUINFO)
+    cpufreq = tmp_path / "cpuinfo_max_freq"
+    cpufreq.write_text("3700000\n")
+    hz, source = hardware.cpu_clock(info, str(cpufreq))
+    assert hz == 3.7e9 and "cpuinfo_max_freq" in source
+    hz, source = hardware.cpu_clock(info, str(tmp_path / "absent"))
+    assert hz == pytest.approx(2.596152e9) and "'cpu MHz'" in source
+    assert hardware.cpu_clock(cpuinfo.parse(ARM_CPUINFO), str(tmp_path / "absent"))[0] is None
+
+
+def test_nominal_peak_counts_physical_cores_and_is_split_over_fake_devices(monkeypatch):
+    from common import cpuinfo
+
+    monkeypatch.setattr(cpuinfo, "host", lambda: cpuinfo.parse(ZEN4_CPUINFO))  # 2 threads per core
+    monkeypatch.setattr(hardware, "_usable_cpus", lambda: 4)
+    monkeypatch.setattr(hardware, "cpu_clock", lambda info: (2e9, "2 GHz"))
+    assert hardware.cpu_nominal_peak("fp32").flops_per_second == pytest.approx(2 * 2 * 8 * 2 * 2e9)
+    monkeypatch.setattr(hardware, "_local_cpu_device_count", lambda: 4)
+    nominal = hardware.device_nominal_peak(jax.devices("cpu")[0], "fp32")
+    assert nominal.flops_per_second == pytest.approx(2 * 2 * 8 * 2 * 2e9 / 4) and "/ 4 CPU devices" in nominal.source
+    h100 = hardware.device_nominal_peak(gpu("NVIDIA H100 80GB HBM3"), "bf16")
+    assert h100.flops_per_second == 989.5e12 and h100.source.startswith("nominal = the table peak")
+
+
+def test_a_malformed_cached_peak_is_measured_again(tmp_path, fake_calibration):
+    cache = tmp_path / "peak.json"
+    hardware.cpu_peak("fp32", cache_path=cache)
+    data = json.loads(cache.read_text())
+    (entry,) = data["entries"].values()
+    entry["flops_per_second"] = "fast"
+    cache.write_text(json.dumps(data))
+    assert hardware.cpu_peak("fp32", cache_path=cache).flops_per_second == 2.0e11
+    assert fake_calibration == ["fp32", "fp32"]

@@ -153,7 +153,7 @@ CASES = [
      ["token_multipliers[0]: nan must be a finite number"]),
     ("grid-ladder-unknown-key", lambda t: ["grid", "plan", isoflop_spec(t, ladder={"d_modle": [32]})],
      ["ladder.d_modle: unknown key (did you mean 'd_model'?)",
-      "ladder: set exactly one of d_model (a list of widths) or n_layers"]),
+      "ladder: set d_model (a list of widths), n_layers (a list of depths), or both"]),
     ("grid-ladder-bad-ratio", lambda t: ["grid", "plan", isoflop_spec(t, ladder={"d_model": [32], "ffn_ratio": "8/0"})],
      ["ladder.ffn_ratio: '8/0' is not a number or a fraction like '8/3'"]),
     ("grid-ladder-infinite-ratio", lambda t: ["grid", "plan", isoflop_spec(t, ladder={"n_layers": [2],

@@ -14,7 +14,6 @@ from flax import nnx
 
 from modeling import accounting, ffn_kinds
 from modeling.config import ModelConfig, validate_model
-from modeling.decode import forward_cached, init_cache
 from modeling.feedforward import GatedFFN, PlainFFN, build_kind
 from modeling.moe import MoE, route, router_log_scalars, router_stats
 from modeling.transformer import Transformer
@@ -197,9 +196,9 @@ def _ffn_inputs(model: Transformer, tokens):
     positions = jnp.arange(tokens.shape[1])
     x, pairs = model.embed(tokens), []
     for block in model.layers:
-        h = x + block.attn(block.attn_norm(x), positions)
+        h = x + block.attn(block.attn_norm(x), positions)[0]
         pairs.append((block, block.ffn_norm(h)))
-        x, _ = block(x, positions)
+        x, _, _ = block(x, positions)
     return pairs
 
 
@@ -239,12 +238,12 @@ def test_decoding_an_moe_model_matches_its_forward_pass():
     model = Transformer(cfg, nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, cfg.vocab_size)
     full = model(tokens)
-    step = nnx.jit(forward_cached)
-    cache = init_cache(model, 2, 10)
-    logits, cache = step(model, tokens[:, :4], cache, 0)
+    step = nnx.jit(lambda model, tokens, cache: model(tokens, cache))
+    cache = model.empty_cache(2, 10)
+    logits, cache = step(model, tokens[:, :4], cache)
     np.testing.assert_allclose(logits, full[:, :4], rtol=1e-5, atol=1e-5)
     for t in range(4, 10):
-        logits, cache = step(model, tokens[:, t: t + 1], cache, t)
+        logits, cache = step(model, tokens[:, t: t + 1], cache)
         np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 

@@ -91,6 +91,28 @@ def test_mask_on_a_plain_pytree():
     assert decayed_paths(weight_decay_mask(params)) == {"dense/kernel"}
 
 
+def test_mask_by_role_on_a_scanned_mixture_of_experts():
+    """Roles go by name (modeling/mup.py), so a scanned stack's [layers, d] norm gains are not decayed as
+    matrices, while the router and the stacked experts are."""
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=8, ffn="moe",
+                      moe_experts=2, layer_stack="scan")
+    params = nnx.state(Transformer(cfg, nnx.Rngs(0)), nnx.Param)
+    decayed = {name.removesuffix("/value") for name in decayed_paths(weight_decay_mask(params))}
+    assert decayed == {*(f"layers/0/attn/proj/{name}/kernel" for name in ("query", "key", "value", "out")),
+                       "layers/0/ffn/router/kernel",
+                       *(f"layers/0/ffn/experts/{name}/kernel" for name in ("gate", "up", "down"))}
+
+
+def test_the_state_keeps_optax_adamw_structure_so_old_checkpoints_restore():
+    params = model_params()
+    opt = dataclasses.replace(OPT, weight_decay=0.1, grad_clip=1.0)
+    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+        learning_rate_schedule(opt, 10), b1=opt.beta1, b2=opt.beta2, eps=opt.eps, weight_decay=0.1,
+        mask=weight_decay_mask))
+    assert (jax.tree.structure(build_optimizer(opt, 10).init(params))
+            == jax.tree.structure(reference.init(params)))
+
+
 def decay_step(opt_cfg):
     """One update with zero gradients: only weight decay moves parameters (by −lr·wd·p)."""
     params = model_params()
@@ -110,14 +132,14 @@ def test_decay_follows_the_mask_and_the_switch():
 
 
 def first_moment(opt_cfg, grads):
-    params = {"w": jnp.ones((3, 4))}
+    params = {"kernel": jnp.ones((3, 4))}
     tx = build_optimizer(opt_cfg, total_steps=10)
     _, state = tx.update(grads, tx.init(params), params)
     return optax.tree_utils.tree_get(state, "mu")
 
 
 def test_gradients_are_clipped_to_the_global_norm_before_adam():
-    grads = {"w": jnp.full((3, 4), 10.0)}  # global norm 10·sqrt(12) ≫ 1
+    grads = {"kernel": jnp.full((3, 4), 10.0)}  # global norm 10·sqrt(12) ≫ 1
     clipped = first_moment(dataclasses.replace(OPT, grad_clip=1.0, beta1=0.9), grads)
     assert float(optax.tree.norm(clipped)) == pytest.approx(0.1 * 1.0, rel=1e-5)  # (1 − b1) · clip
     unclipped = first_moment(dataclasses.replace(OPT, grad_clip=0.0, beta1=0.9), grads)
@@ -125,13 +147,13 @@ def test_gradients_are_clipped_to_the_global_norm_before_adam():
 
 
 def test_optimizer_state_is_fp32_for_bf16_params():
-    params = {"w": jnp.ones((3, 4), jnp.bfloat16)}
+    params = {"kernel": jnp.ones((3, 4), jnp.bfloat16)}
     tx = build_optimizer(OPT, total_steps=10)
     state = tx.init(params)
-    updates, state = tx.update({"w": jnp.ones((3, 4), jnp.bfloat16)}, state, params)
-    assert optax.tree_utils.tree_get(state, "mu")["w"].dtype == jnp.float32
-    assert optax.tree_utils.tree_get(state, "nu")["w"].dtype == jnp.float32
-    assert updates["w"].dtype == jnp.bfloat16
+    updates, state = tx.update({"kernel": jnp.ones((3, 4), jnp.bfloat16)}, state, params)
+    assert optax.tree_utils.tree_get(state, "mu")["kernel"].dtype == jnp.float32
+    assert optax.tree_utils.tree_get(state, "nu")["kernel"].dtype == jnp.float32
+    assert updates["kernel"].dtype == jnp.bfloat16
 
 
 # ------------------------------------------------------------------------------------------ warmup rules

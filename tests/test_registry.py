@@ -13,7 +13,6 @@ from modeling import accounting, attention, attention_kinds, feedforward, ffn_ki
 from modeling.attention import SoftmaxAttention
 from modeling.attention_kinds import AttentionKind
 from modeling.config import ModelConfig, validate_model
-from modeling.decode import forward_cached, init_cache
 from modeling.feedforward import PlainFFN
 from modeling.ffn_kinds import FfnKind
 from modeling.transformer import Transformer
@@ -92,10 +91,10 @@ def test_registered_kinds_are_the_configs_choices(mup):
     assert problem.startswith("model.attention: 'mup_softmax' is not allowed") and "mha" in problem
 
 
-def test_a_module_needs_its_accounting_and_its_decode_methods():
+def test_a_module_needs_its_accounting_and_its_cache():
     with pytest.raises(ValueError, match="model.attention: 'unaccounted'"):
         attention.register("unaccounted")
-    with pytest.raises(TypeError, match="lacks init_decode_state, decode"):
+    with pytest.raises(TypeError, match="lacks empty_cache"):
         attention.register("mha")(type("ForwardOnly", (nnx.Module,), {"__call__": lambda self, x, p: x}))
     with pytest.raises(ValueError, match="model.ffn: 'unaccounted'"):
         feedforward.register("unaccounted")
@@ -126,13 +125,13 @@ def test_toy_attention_decodes_as_its_forward_pass(mup):
     full = model(tokens)
     reference = Transformer(dataclasses.replace(cfg, attention="gqa", attention_impl="xla"), nnx.Rngs(0))
     assert not np.allclose(full, reference(tokens), atol=1e-4)  # the toy's scale really is its own
-    step = nnx.jit(forward_cached)
-    cache = init_cache(model, 2, 10)
-    assert sum(leaf.nbytes for leaf in jax.tree.leaves(cache)) == 2 * accounting.decode_state_bytes(cfg, 10)  # 2 rows
-    logits, cache = step(model, tokens[:, :4], cache, 0)
+    step = nnx.jit(lambda model, tokens, cache: model(tokens, cache))
+    cache = model.empty_cache(2, 10)
+    assert sum(leaf.nbytes for leaf in jax.tree.leaves(cache.layers)) == 2 * accounting.decode_state_bytes(cfg, 10)
+    logits, cache = step(model, tokens[:, :4], cache)
     np.testing.assert_allclose(logits, full[:, :4], rtol=1e-5, atol=1e-5)
     for t in range(4, 10):
-        logits, cache = step(model, tokens[:, t: t + 1], cache, t)
+        logits, cache = step(model, tokens[:, t: t + 1], cache)
         np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 

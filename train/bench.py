@@ -1,5 +1,9 @@
 """`isoflop bench train`: compile time, step time, tokens/s, MFU and the share of time spent on data.
 
+MFU is given against two peaks: the measured one (what XLA reaches on this host's matmuls, as the
+trainer's `mfu`) and the hardware's nominal one (cores x FMA lanes x clock on a CPU; docs/HARDWARE.md),
+and the result carries the CPU paths the step was built with and why (train/cpu_paths.py).
+
 A benchmark, not a test: it prints figures measured on this machine. Steps after compilation are timed
 one by one with `block_until_ready`, and the median is reported (robust to a noisy neighbour). On a
 shared CPU host other processes stretch wall time, so the result also carries the process CPU seconds
@@ -17,7 +21,8 @@ import jax
 from modeling import accounting
 from train import data as data_lib
 from train.config import Config
-from train.hardware import compute_dtype_of, device_peak, mfu
+from train.cpu_paths import format_paths
+from train.hardware import compute_dtype_of, device_nominal_peak, device_peak, mfu
 from train.loop import build_training
 from train.sharding import make_mesh
 
@@ -52,7 +57,10 @@ def bench_train(config: Config, steps: int = 10, repeats: int = 1) -> dict:
     tokens_per_second = tokens_per_step / median_step
     mfu_flops_per_token = accounting.mfu_flops_per_token(config.model, config.data.seq_len)
     devices = mesh.devices.flatten().tolist()
-    peak = device_peak(devices[0], compute_dtype_of(config.model.precision), config.hardware)
+    compute_dtype = compute_dtype_of(config.model.precision)
+    peak = device_peak(devices[0], compute_dtype, config.hardware)
+    nominal = device_nominal_peak(devices[0], compute_dtype)
+    model_flops_per_second = mfu_flops_per_token * tokens_per_second
     return {
         "compile_seconds": compile_seconds,
         "step_seconds_median": median_step,
@@ -60,13 +68,34 @@ def bench_train(config: Config, steps: int = 10, repeats: int = 1) -> dict:
         "tokens_per_step": tokens_per_step,
         "tokens_per_second": tokens_per_second,
         "model_flops_per_step": mfu_flops_per_token * tokens_per_step,
-        "mfu": mfu(mfu_flops_per_token * tokens_per_second, len(devices), peak),
+        "mfu": mfu(model_flops_per_second, len(devices), peak),
         "peak_flops_per_second": peak.flops_per_second,
         "peak_source": peak.source,
+        "mfu_nominal": mfu(model_flops_per_second, len(devices), nominal),
+        "nominal_peak_flops_per_second": nominal.flops_per_second,
+        "nominal_peak_source": nominal.source,
         "data_wait_share": sum(data_seconds) / sum(step_seconds),
         "cpu_seconds_per_step_median": statistics.median(cpu_seconds),
         "load_average_1m": os.getloadavg()[0],
         "final_loss": float(metrics["loss"]),
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
+        "host_paths": setup.host_paths,
     }
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def format_bench(result: dict, steps: int) -> str:
+    """The text `isoflop bench train` prints: one line of figures, the two MFUs, then the host paths."""
+    return "\n".join([
+        f"compile {result['compile_seconds']:.1f} s | step {1000 * result['step_seconds_median']:.0f} ms (median of"
+        f" {steps}) | {result['tokens_per_second']:,.0f} tokens/s | data wait {100 * result['data_wait_share']:.1f}%"
+        f" | {result['devices']}× {result['device_kind']} | load {result['load_average_1m']:.1f}",
+        f"MFU {_percent(result['mfu'])} of {result['peak_flops_per_second'] or 0:.3g} FLOP/s ({result['peak_source']})",
+        f"MFU {_percent(result['mfu_nominal'])} of nominal {result['nominal_peak_flops_per_second'] or 0:.3g} FLOP/s"
+        f" ({result['nominal_peak_source']})",
+        format_paths(result["host_paths"]),
+    ])

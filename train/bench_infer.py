@@ -3,10 +3,11 @@ energy and the memory-bandwidth bound of decoding, per batch size. A benchmark: 
 machine measured, with the load average beside it (docs/INFERENCE.md explains every field).
 
 Per batch size B, `repeats` requests of a random prompt of P tokens and G generated tokens each run as a
-server would: a fresh cache (`modeling.decode.init_cache`, sized P + G), one prefill step that also
+server would: a fresh cache (`Transformer.empty_cache`, sized P + G), one prefill step that also
 chooses the first token, then G - 1 one-token decode steps, each timed with `block_until_ready`. Both
-steps are the jitted `forward_cached` with the cache donated (updated in place, not copied). Tokens are
-chosen greedily (the argmax is part of the step, as in `isoflop generate`).
+steps are the model's forward pass with the cache (`model(tokens, cache)`), jitted with the cache donated
+(updated in place, not copied). Tokens are chosen greedily (the argmax is part of the step, as in
+`isoflop generate`).
 
 The bandwidth bound: a decode step must read every weight a token passes through once (the lookup
 tables only at B rows, negligible; a tied embedding table in full, as the output head) and, per
@@ -111,17 +112,15 @@ def check_request(request: Request, model_cfg) -> None:
 
 def _steps(model):
     """(state, step): one jitted step over the split state for prefill and decode alike (each shape is
-    compiled once), the cache donated: (state, tokens, cache, start) -> (next ids, cache)."""
+    compiled once; the position is the cache's), the cache donated: (state, tokens, cache) -> (next ids, cache)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from modeling.decode import forward_cached
-
     graphdef, state = nnx.split(model)
 
-    def step(state, tokens, cache, start):
-        logits, cache = forward_cached(nnx.merge(graphdef, state), tokens, cache, start)
+    def step(state, tokens, cache):
+        logits, cache = nnx.merge(graphdef, state)(tokens, cache)
         return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 
     return state, jax.jit(step, donate_argnums=2)
@@ -131,18 +130,16 @@ def _request(prefill_step, decode_step, state, cache, prompt, gen_len: int) -> t
     """One request of `gen_len` tokens: (prefill seconds, each decode step's seconds, each decode step's
     process CPU seconds)."""
     start = time.perf_counter()
-    token, cache = prefill_step(state, prompt, cache, 0)
+    token, cache = prefill_step(state, prompt, cache)
     token.block_until_ready()
     prefill = time.perf_counter() - start
     decode, cpu = [], []
-    position = prompt.shape[1]
     for _ in range(gen_len - 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        token, cache = decode_step(state, token[:, None], cache, position)
+        token, cache = decode_step(state, token[:, None], cache)
         token.block_until_ready()
         decode.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        position += 1
     return prefill, decode, cpu
 
 
@@ -157,10 +154,11 @@ def compiled_memory_bytes(compiled) -> int | None:
 
 
 def cache_bytes(cache) -> int:
-    """Bytes the cache's arrays hold (measured from the arrays, not the accounting)."""
+    """Bytes the layers' cache arrays hold (measured from the arrays, not the accounting); the 4-byte fill
+    counter `cache.end` is not decode state the accounting counts."""
     import jax
 
-    return int(sum(leaf.nbytes for leaf in jax.tree.leaves(cache)))
+    return int(sum(leaf.nbytes for leaf in jax.tree.leaves(cache.layers)))
 
 
 def bench_batch(model, cfg, batch: int, request: Request, device, peak, bandwidth, hardware_config) -> dict:
@@ -168,7 +166,6 @@ def bench_batch(model, cfg, batch: int, request: Request, device, peak, bandwidt
     import jax
     import jax.numpy as jnp
 
-    from modeling.decode import init_cache
     from train.energy import JOULES_PER_KWH, EnergyMeter
     from train.hardware import mfu
     from train.metric_log import peak_memory_bytes
@@ -177,18 +174,18 @@ def bench_batch(model, cfg, batch: int, request: Request, device, peak, bandwidt
     state, step = _steps(model)
     prompt = jax.random.randint(jax.random.key(batch), (batch, request.prompt_len), 0, cfg.vocab_size)
     compile_start = time.perf_counter()
-    cache = init_cache(model, batch, total_len)
+    cache = model.empty_cache(batch, total_len)
     measured_cache = cache_bytes(cache)
-    prefill_step = step.lower(state, prompt, cache, 0).compile()
+    prefill_step = step.lower(state, prompt, cache).compile()
     one_token = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
-    decode_step = step.lower(state, one_token, cache, request.prompt_len).compile()
+    decode_step = step.lower(state, one_token, cache).compile()
     _request(prefill_step, decode_step, state, cache, prompt, request.gen_len)  # warm-up
     compile_seconds = time.perf_counter() - compile_start
 
     prefills, decodes, cpus, totals = [], [], [], []
     with EnergyMeter([device], hardware_config) as meter:
         for _ in range(request.repeats):
-            cache = init_cache(model, batch, total_len)
+            cache = model.empty_cache(batch, total_len)
             prefill, decode, cpu = _request(prefill_step, decode_step, state, cache, prompt, request.gen_len)
             prefills.append(prefill)
             decodes += decode

@@ -114,17 +114,10 @@ def _bench_train(args) -> int:
     if args.steps <= 0:
         raise config_lib.ConfigError([f"--steps: {args.steps} must be a positive integer"])
     config = _load(args)
-    from train.bench import bench_train
+    from train.bench import bench_train, format_bench
 
     result = bench_train(config, steps=args.steps)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
-    print(f"compile {result['compile_seconds']:.1f} s | step {1000 * result['step_seconds_median']:.0f} ms (median of "
-          f"{args.steps}) | {result['tokens_per_second']:,.0f} tokens/s | MFU {mfu} of "
-          f"{result['peak_flops_per_second'] or 0:.3g} FLOP/s ({result['peak_source']}) | "
-          f"data wait {100 * result['data_wait_share']:.1f}% | {result['devices']}× {result['device_kind']}")
+    print(json.dumps(result, indent=2) if args.json else format_bench(result, args.steps))
     return 0
 
 

@@ -111,6 +111,7 @@ class RunConfig:
     mesh_expert: int = 1  # devices an MoE's experts are split over (modeling/sharding.py); also splits the batch
     # Set by grids (launch/plan.py), recorded in the summary:
     lr_sweep: str | None = None  # the learning-rate sweep group this run belongs to (analysis keeps its best)
+    lr_transfer: str | None = None  # the sweep group whose best rate this run trains at (μP, lr_sweep.transfer)
     branch_points: tuple[int, ...] = ()  # a WSD stable run: keep checkpoints at these steps for its branches
     branch_from: str | None = None  # a WSD decay branch: the stable run directory it starts from
 
@@ -332,8 +333,9 @@ def _run_problems(run: RunConfig) -> list[str]:
         problems += positive(f"run.{field}", getattr(run, field))
     if run.mesh_data == 0 or run.mesh_data < -1:
         problems.append(f"run.mesh_data: {run.mesh_data} must be -1 (all remaining devices) or > 0")
-    if run.lr_sweep is not None:
-        problems += name_component("run.lr_sweep", run.lr_sweep)
+    for field in ("lr_sweep", "lr_transfer"):
+        if getattr(run, field) is not None:
+            problems += name_component(f"run.{field}", getattr(run, field))
     problems += [problem for i, step in enumerate(run.branch_points)
                  for problem in positive(f"run.branch_points[{i}]", step)]
     if run.branch_points and run.branch_from is not None:

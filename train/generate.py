@@ -6,8 +6,8 @@ trained with (bytes need none; BPE's `tokenizer.json` sits in the data cache ent
 The prompt is encoded after one end-of-document token, because training saw every document start
 right after one; generation stops at `--max-tokens` or at the next end of document.
 
-Decoding is `modeling.decode.forward_cached` with its cache: one prefill of the prompt, then one jitted
-step per token. A token is chosen greedily at temperature 0 (the argmax of the cached logits, which
+Decoding is the model's own forward pass with a cache (`Transformer.__call__(tokens, cache)`, the cache
+from `Transformer.empty_cache`): one prefill of the prompt, then one jitted step per token. A token is chosen greedily at temperature 0 (the argmax of the cached logits, which
 equal the full forward's: tests/test_decode.py), else sampled from softmax(logits / temperature)
 restricted to the `top_k` most likely tokens and then to the smallest set whose probability reaches
 `top_p` (nucleus sampling, Holtzman et al. 2020), with a seeded key per step.
@@ -164,26 +164,23 @@ def stream_tokens(model, prompt_ids, max_tokens: int, sampling: Sampling = Sampl
     import jax.numpy as jnp
     from flax import nnx
 
-    from modeling.decode import forward_cached, init_cache
-
     prompt = jnp.asarray(np.asarray(prompt_ids, dtype=np.int32)[None, :])
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def step(state, tokens, cache, start, key):
-        logits, cache = forward_cached(nnx.merge(graphdef, state), tokens, cache, start)
+    def step(state, tokens, cache, key):
+        logits, cache = nnx.merge(graphdef, state)(tokens, cache)
         return choose(logits[:, -1], key, sampling).astype(jnp.int32), cache
 
-    cache = init_cache(model, 1, prompt.shape[1] + max_tokens)
+    cache = model.empty_cache(1, prompt.shape[1] + max_tokens)
     keys = jax.random.split(jax.random.key(seed), max_tokens)
-    tokens, start = prompt, 0
+    tokens = prompt
     for i in range(max_tokens):
-        token, cache = step(state, tokens, cache, start, keys[i])
+        token, cache = step(state, tokens, cache, keys[i])
         value = int(token[0])
         yield value
         if value == stop_id:
             return
-        start += tokens.shape[1]
         tokens = token[:, None]
 
 

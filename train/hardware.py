@@ -10,8 +10,10 @@ than a wrong one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import pathlib
@@ -19,6 +21,7 @@ import platform
 import re
 import time
 
+from common import cpuinfo
 from common.files import WriteError, atomic_write
 from common.vocabulary import PRECISION_COMPUTE_DTYPES
 from common.warn import warn_once
@@ -197,19 +200,15 @@ def _cpu_identity() -> dict:
     'AMD EPYC'), usable cores and the jax version (XLA's CPU codegen changes between releases)."""
     import jax
 
-    info = {}
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "cpu family", "model", "stepping") and key not in info:
-                info[key] = value.strip()
-    except OSError:
-        pass
-    name = info.get("model name") or platform.processor() or platform.machine() or "unknown cpu"
-    detail = " ".join(f"{k.split()[-1]} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"cpu": f"{name} ({detail})" if detail else name, "cores": cores, "jax": jax.__version__}
+    info = cpuinfo.host()
+    name = info.model_name or platform.processor() or platform.machine() or "unknown cpu"
+    numbers = (("family", info.family), ("model", info.model), ("stepping", info.stepping))
+    detail = " ".join(f"{label} {value}" for label, value in numbers if value is not None)
+    return {"cpu": f"{name} ({detail})" if detail else name, "cores": _usable_cpus(), "jax": jax.__version__}
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_cache_path() -> pathlib.Path:
@@ -280,35 +279,63 @@ def _read_entries(path: pathlib.Path) -> dict:
     return cache["entries"] if isinstance(cache, dict) and isinstance(cache.get("entries"), dict) else {}
 
 
-def _calibrated(what: str, key: str, measure, path: pathlib.Path, recalibrate: bool) -> tuple[dict, str]:
+@contextlib.contextmanager
+def _cache_lock(path: pathlib.Path):
+    """An flock beside a cache while one process reads, measures and writes it, so processes that start
+    together wait for one measurement instead of making two (and caching whichever wrote last). A cache
+    directory that cannot be written is used unlocked: it only costs a re-measurement."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(f".{path.name}.lock"), "a+b")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def calibrated(what: str, key: str, measure, path: pathlib.Path, recalibrate: bool, *,
+                valid=lambda entry: True, cache_when_busy: bool = False) -> tuple[dict, str]:
     """(entry, where it came from) for a host measurement cached per `key` in `path`.
 
-    A measurement during which other processes took more than 20% of the machine's CPU is used for this
-    process but not cached (it is low), and says so. `measure()` returns the fields to record; its
-    exceptions reach the caller.
+    A cached entry that `valid` refuses (a hand-edited or truncated file) is measured again. A measurement
+    during which other processes took more than 20% of the machine's CPU is used for this process but
+    not cached (it is low), and says so, unless `cache_when_busy`: a comparison of candidates timed in
+    turn under the same load (train/cpu_paths.py) is cached with the load it was made under.
+    `measure()` returns the fields to record; its exceptions reach the caller.
     """
-    entries = _read_entries(path)
     if recalibrate:
         _session_peaks.pop(key, None)
     elif key in _session_peaks:  # this process measured on a busy machine: reuse, never re-measure per call
         entry = _session_peaks[key]
         return entry, f"others used {entry['others_cpu_share']:.0%} of the CPU meanwhile, not cached"
-    elif key in entries:
-        return entries[key], f"cached in {path}"
-    fields, others = _with_others_share(measure)
-    entry = {**_cpu_identity(), **fields, "others_cpu_share": round(others, 3),
-             "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if others > 0.2:
-        _session_peaks[key] = entry
-        warn_once(f"{what}: other processes used {others:.0%} of the CPU during calibration; the figure may be"
-                   " low; not cached (rerun `python -m train.hardware --recalibrate` when idle)")
-        return entry, f"others used {others:.0%} of the CPU meanwhile, not cached"
-    entries[key] = entry
-    _write_json_atomic(path, {"version": 1, "entries": entries}, what)
+    with _cache_lock(path):
+        entries = _read_entries(path)  # read under the lock: another process may have just measured
+        if not recalibrate and key in entries and _valid(valid, entries[key]):
+            return entries[key], f"cached in {path}"
+        fields, others = _with_others_share(measure)
+        entry = {**_cpu_identity(), **fields, "others_cpu_share": round(others, 3),
+                 "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        if others > 0.2 and not cache_when_busy:
+            _session_peaks[key] = entry
+            warn_once(f"{what}: other processes used {others:.0%} of the CPU during calibration; the figure may"
+                      " be low; not cached (rerun `python -m train.hardware --recalibrate` when idle)")
+            return entry, f"others used {entry['others_cpu_share']:.0%} of the CPU meanwhile, not cached"
+        entries[key] = entry
+        _write_json_atomic(path, {"version": 1, "entries": entries}, what)
     return entry, f"cached in {path}"
 
 
-def _identity_key() -> str:
+def _valid(valid, entry) -> bool:
+    try:
+        return isinstance(entry, dict) and "measured_at" in entry and bool(valid(entry))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def identity_key() -> str:
+    """The part of every host-measurement cache key that names the machine: CPU, usable cores, jax."""
     ident = _cpu_identity()
     return f"{ident['cpu']} | {ident['cores']} cores | jax {ident['jax']}"
 
@@ -316,11 +343,11 @@ def _identity_key() -> str:
 def cpu_peak(compute_dtype: str, cache_path: str | os.PathLike | None = None, recalibrate: bool = False) -> Peak:
     """The host's measured matmul peak, calibrated once per (CPU, cores, jax, dtype) and cached."""
     path = pathlib.Path(cache_path) if cache_path else default_cache_path()
-    key = f"{_identity_key()} | {compute_dtype}"
+    key = f"{identity_key()} | {compute_dtype}"
     try:
-        entry, where = _calibrated(
+        entry, where = calibrated(
             "CPU peak", key, lambda: {"dtype": compute_dtype, "flops_per_second": measure_cpu_peak(compute_dtype)},
-            path, recalibrate)
+            path, recalibrate, valid=lambda entry: float(entry["flops_per_second"]) > 0)
     except Exception as err:  # a dtype XLA's CPU backend cannot multiply: no honest number
         warn_once(f"CPU peak: calibration in {compute_dtype} failed ({type(err).__name__}: {err}); MFU is null")
         return Peak(None, f"CPU calibration in {compute_dtype} failed")
@@ -335,6 +362,132 @@ def _write_json_atomic(path: pathlib.Path, data: dict, what: str) -> None:
         atomic_write(path, json.dumps(data, indent=2))
     except (OSError, WriteError) as err:  # a read-only cache only costs a re-calibration next time
         warn_once(f"{what}: could not write cache {path} ({err})")
+
+
+# ----------------------------------------------------------------------------- CPU nominal peak
+
+
+@dataclasses.dataclass(frozen=True)
+class FmaRule:
+    """One CPU microarchitecture's FMA datapath: FMA instructions a core issues per cycle and their width.
+    `models` are inclusive ranges of the cpuid model; `name` (a regex on the lower-cased model name)
+    tells apart SKUs of one model whose FMA unit count differs."""
+
+    microarchitecture: str
+    vendor: str  # /proc/cpuinfo vendor_id
+    family: int
+    models: tuple[tuple[int, int], ...]
+    fma_units: int
+    fma_bits: int
+    source: str
+    name: str | None = None
+
+
+_INTEL_ORM = "Intel 64 and IA-32 Architectures Optimization Reference Manual"
+# Rules are disjoint (a test checks it). A CPU no rule matches gets a null nominal peak, never a guess.
+CPU_FMA_TABLE: tuple[FmaRule, ...] = (
+    FmaRule("AMD Zen / Zen+", "AuthenticAMD", 0x17, ((0x00, 0x2F),), 2, 128,
+            "AMD Software Optimization Guide for AMD Family 17h Processors (pub. 55723): four 128-bit FP pipes,"
+            " FMA on two"),
+    FmaRule("AMD Zen 2", "AuthenticAMD", 0x17, ((0x30, 0xFF),), 2, 256,
+            "AMD Software Optimization Guide for AMD Family 17h Models 30h and Greater (pub. 56305): 256-bit FP"
+            " datapath, FMA on two pipes"),
+    FmaRule("AMD Zen 3 / Zen 4", "AuthenticAMD", 0x19, ((0x00, 0xFF),), 2, 256,
+            "AMD Software Optimization Guides for Family 19h (pub. 56665) and the Zen 4 microarchitecture"
+            " (pub. 57647): two 256-bit FMA pipes; Zen 4 executes a 512-bit AVX-512 op as two 256-bit halves"),
+    FmaRule("AMD Zen 5 (server, desktop)", "AuthenticAMD", 0x1A, ((0x00, 0x1F), (0x40, 0x4F)), 2, 512,
+            "AMD Software Optimization Guide for the Zen 5 microarchitecture (pub. 58455): 512-bit FP datapath,"
+            " FMA on two pipes (mobile Zen 5 parts keep a 256-bit datapath: no rule)"),
+    FmaRule("Intel Xeon Skylake-SP/Cascade Lake/Cooper Lake, Platinum and Gold 6000", "GenuineIntel", 6,
+            ((0x55, 0x55),), 2, 512,
+            f"{_INTEL_ORM}: 512-bit FMA on port 0 (ports 0+1 fused) and port 5; Intel ARK: 2 AVX-512 FMA units"
+            " on these SKUs", name=r"\b(platinum|gold 6\d{3})"),
+    FmaRule("Intel Xeon Skylake-SP/Cascade Lake, Silver and Bronze", "GenuineIntel", 6, ((0x55, 0x55),), 1, 512,
+            f"{_INTEL_ORM}; Intel ARK: 1 AVX-512 FMA unit on these SKUs", name=r"\b(silver|bronze)\b"),
+    FmaRule("Intel Xeon Ice Lake-SP / Sapphire, Emerald, Granite Rapids", "GenuineIntel", 6,
+            ((0x6A, 0x6A), (0x6C, 0x6C), (0x8F, 0x8F), (0xAD, 0xAE), (0xCF, 0xCF)), 2, 512,
+            f"{_INTEL_ORM}: 512-bit FMA on port 0 (ports 0+1 fused) and port 5; Intel ARK: 2 AVX-512 FMA units"),
+    FmaRule("Intel Ice Lake / Tiger Lake / Rocket Lake client", "GenuineIntel", 6,
+            ((0x7D, 0x7E), (0x8C, 0x8D), (0xA7, 0xA7)), 1, 512,
+            f"{_INTEL_ORM}: one 512-bit FMA (ports 0+1 fused) on client cores"),
+    FmaRule("Intel Haswell .. Comet Lake", "GenuineIntel", 6,
+            ((0x3C, 0x3D), (0x3F, 0x3F), (0x45, 0x47), (0x4E, 0x4F), (0x56, 0x56), (0x5E, 0x5E), (0x8E, 0x8E),
+             (0x9E, 0x9E), (0xA5, 0xA6)), 2, 256,
+            f"{_INTEL_ORM}: two 256-bit FMA units (ports 0 and 1) since Haswell"),
+)
+# Per-core bf16 multiply-accumulate beyond the FMA lanes (the fastest the core offers counts).
+AMX_BF16_FLOPS_PER_CYCLE = 1024
+AMX_SOURCE = ("Intel AMX-BF16: TDPBF16PS multiplies a 16x32 by a 32x16 bf16 tile (16,384 FLOP) every 16 cycles,"
+              f" 1,024 FLOP/cycle per core ({_INTEL_ORM}, AMX chapter)")
+AVX512_BF16_SOURCE = ("AVX512_BF16: VDPBF16PS accumulates two bf16 products into each fp32 lane (4 FLOP per lane"
+                      " per instruction) at the FMA rate, so twice the fp32 figure")
+CPUFREQ_MAX = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"
+
+
+def fma_rule(info: cpuinfo.CpuInfo) -> FmaRule | None:
+    """The FMA datapath rule of a CPU, or None for one no rule describes."""
+    name = (info.model_name or "").lower()
+    for rule in CPU_FMA_TABLE:
+        if (info.vendor == rule.vendor and info.family == rule.family and info.model is not None
+                and any(lo <= info.model <= hi for lo, hi in rule.models)
+                and (rule.name is None or re.search(rule.name, name))):
+            return rule
+    return None
+
+
+def cpu_clock(info: cpuinfo.CpuInfo, cpufreq_path: str = CPUFREQ_MAX) -> tuple[float | None, str]:
+    """(Hz, where it came from): cpufreq's maximum when the kernel exposes one, else /proc/cpuinfo's
+    "cpu MHz" (the clock when read; in a VM usually the base/TSC clock, below any boost clock)."""
+    try:
+        khz = int(pathlib.Path(cpufreq_path).read_text().strip())
+        if khz > 0:
+            return khz * 1e3, f"{khz / 1e6:.3f} GHz, cpufreq cpuinfo_max_freq of cpu0"
+    except (OSError, ValueError):
+        pass
+    if info.mhz:
+        return info.mhz * 1e6, (f"{info.mhz / 1e3:.3f} GHz, 'cpu MHz' of /proc/cpuinfo (no cpufreq: the clock when"
+                                " read, in a VM the base clock; boost can exceed it)")
+    return None, "no clock readable (no cpufreq maximum, no 'cpu MHz' in /proc/cpuinfo)"
+
+
+def nominal_cpu_peak(compute_dtype: str, info: cpuinfo.CpuInfo, cores: float, clock_hz: float | None,
+                     clock_source: str) -> Peak:
+    """The host's nominal matmul peak: cores x FMA units x lanes x 2 FLOP x clock (docs/HARDWARE.md).
+
+    fp32 lanes = FMA width / 32. bf16: AMX-BF16 where present (1,024 FLOP/cycle/core), else AVX512_BF16's
+    dot product (twice the fp32 figure), else the fp32 figure (bf16 is converted and multiplied in fp32).
+    No x86 CPU here multiplies fp8, tf32 or (as a FLOP) int8: null. `cores` are physical cores.
+    """
+    rule = fma_rule(info)
+    cpu = f"{info.vendor} family {info.family} model {info.model} ({info.model_name})"
+    if compute_dtype not in ("fp32", "bf16"):
+        return Peak(None, f"nominal: no {compute_dtype} arithmetic modelled for CPUs")
+    if rule is None:
+        return Peak(None, f"nominal: no FMA datapath rule for {cpu} (train/hardware.py CPU_FMA_TABLE)")
+    if clock_hz is None:
+        return Peak(None, f"nominal: {clock_source}")
+    lanes = rule.fma_bits // 32
+    fp32 = cores * rule.fma_units * lanes * 2 * clock_hz
+    formula = (f"{cores:g} cores x {rule.fma_units} FMA x {lanes} fp32 lanes ({rule.fma_bits}-bit) x 2 FLOP"
+               f" x {clock_source}")
+    where = f"{rule.microarchitecture}: {rule.source}"
+    if compute_dtype == "bf16" and "amx_bf16" in info.flags:
+        return Peak(cores * AMX_BF16_FLOPS_PER_CYCLE * clock_hz,
+                    f"nominal: {cores:g} cores x {AMX_BF16_FLOPS_PER_CYCLE} bf16 FLOP/cycle x {clock_source}"
+                    f" — {AMX_SOURCE}")
+    if compute_dtype == "bf16" and "avx512_bf16" in info.flags:
+        return Peak(2 * fp32, f"nominal: 2 x [{formula}] — {AVX512_BF16_SOURCE}; {where}")
+    if compute_dtype == "bf16":
+        return Peak(fp32, f"nominal: no native bf16, bf16 runs on the fp32 lanes: {formula} — {where}")
+    return Peak(fp32, f"nominal: {formula} — {where}")
+
+
+def cpu_nominal_peak(compute_dtype: str) -> Peak:
+    """This host's nominal peak over the physical cores the process may use (SMT threads share a core's
+    FMA units, so usable logical CPUs / threads per core)."""
+    info = cpuinfo.host()
+    clock_hz, clock_source = cpu_clock(info)
+    return nominal_cpu_peak(compute_dtype, info, _usable_cpus() / info.threads_per_core, clock_hz, clock_source)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -362,11 +515,7 @@ def device_peak(device, compute_dtype: str, hardware_config=None, *, matmul_prec
     if override is not None:
         return Peak(float(override), "config override: hardware.peak_flops_per_second")
     if device.platform == "cpu":
-        peak = cpu_peak(compute_dtype, cache_path)
-        n_devices = _local_cpu_device_count()
-        if peak.flops_per_second is None or n_devices == 1:
-            return peak
-        return Peak(peak.flops_per_second / n_devices, f"{peak.source}; host peak / {n_devices} CPU devices")
+        return _per_cpu_device(cpu_peak(compute_dtype, cache_path))
     row = match_accelerator(device.device_kind)
     if row is None:
         warn_once(f"hardware: unknown device {device.device_kind!r}; MFU is null"
@@ -381,6 +530,24 @@ def device_peak(device, compute_dtype: str, hardware_config=None, *, matmul_prec
         return Peak(None, f"table: {row.name} has no published {what}")
     detail = f"{dtype} dense" + (f"; {note}" if note else "")
     return Peak(value / passes, f"table: {row.name} {detail} — {row.source}")
+
+
+def _per_cpu_device(peak: Peak) -> Peak:
+    """A host figure split across the process's CPU devices (8 fake devices share the same cores)."""
+    n_devices = _local_cpu_device_count()
+    if peak.flops_per_second is None or n_devices == 1:
+        return peak
+    return Peak(peak.flops_per_second / n_devices, f"{peak.source}; host peak / {n_devices} CPU devices")
+
+
+def device_nominal_peak(device, compute_dtype: str) -> Peak:
+    """The hardware's nominal peak of one device: the formula of `nominal_cpu_peak` on a CPU, the vendor
+    table (already nominal: MFU and nominal MFU then agree) on an accelerator. No config override: it
+    says what the silicon could do, beside the peak MFU is measured against."""
+    if device.platform == "cpu":
+        return _per_cpu_device(cpu_nominal_peak(compute_dtype))
+    peak = device_peak(device, compute_dtype)
+    return Peak(peak.flops_per_second, f"nominal = the table peak ({peak.source})")
 
 
 def mfu(model_flops_per_second: float | None, n_devices: int, peak: Peak) -> float | None:
@@ -509,9 +676,10 @@ def cpu_bandwidth(cache_path: str | os.PathLike | None = None, recalibrate: bool
     """The host's measured memory bandwidth, calibrated once per (CPU, cores, jax) and cached beside the
     FLOP peak (`python -m train.hardware --recalibrate` re-measures both)."""
     path = pathlib.Path(cache_path) if cache_path else default_bandwidth_cache_path()
-    key = f"{_identity_key()} | memory bandwidth"
+    key = f"{identity_key()} | memory bandwidth"
     try:
-        entry, where = _calibrated("CPU bandwidth", key, measure_cpu_bandwidth, path, recalibrate)
+        entry, where = calibrated("CPU bandwidth", key, measure_cpu_bandwidth, path, recalibrate,
+                                   valid=lambda entry: float(entry["bytes_per_second"]) > 0)
     except Exception as err:  # e.g. no memory for the calibration array: no honest number
         warn_once(f"CPU bandwidth: calibration failed ({type(err).__name__}: {err}); the bandwidth bound is null")
         return Bandwidth(None, "CPU bandwidth calibration failed")
@@ -563,11 +731,12 @@ def describe_devices(devices, compute_dtype: str, hardware_config=None, *, cache
     platforms = sorted({d.platform for d in devices})
     first = devices[0]
     if len(kinds) > 1:  # mixed devices have no single peak or power
-        peak = Peak(None, f"mixed device kinds {kinds}")
+        peak = nominal = Peak(None, f"mixed device kinds {kinds}")
         watts, watts_source = None, peak.source
         warn_once(f"hardware: mixed device kinds {kinds}; MFU is null")
     else:
         peak = device_peak(first, compute_dtype, hardware_config, cache_path=cache_path)
+        nominal = device_nominal_peak(first, compute_dtype)
         watts, watts_source = tdp_watts(first, hardware_config)
     row = match_accelerator(first.device_kind) if first.platform != "cpu" else None
     return {
@@ -578,6 +747,8 @@ def describe_devices(devices, compute_dtype: str, hardware_config=None, *, cache
         "compute_dtype": compute_dtype,
         "peak_flops_per_second": peak.flops_per_second,
         "peak_flops_source": peak.source,
+        "nominal_peak_flops_per_second": nominal.flops_per_second,
+        "nominal_peak_flops_source": nominal.source,
         "tdp_watts": watts,
         "tdp_scope": "host" if first.platform == "cpu" else "device",  # a CPU host's fake devices share it
         "tdp_source": watts_source,
@@ -592,7 +763,8 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m train.hardware", description=main.__doc__)
     parser.add_argument("--recalibrate", action="store_true",
-                        help="re-measure the CPU peak and bandwidth and update the caches")
+                        help="re-measure the CPU peak and bandwidth and update the caches (the kernel choices"
+                             " of a config: python -m train.cpu_paths CONFIG --recalibrate)")
     args = parser.parse_args(argv)
     on_cpu = jax.devices()[0].platform == "cpu"
     for dtype in ("fp32", "bf16"):
@@ -601,6 +773,8 @@ def main(argv=None) -> None:
         print(json.dumps(describe_devices(jax.devices(), dtype), indent=2))
     if args.recalibrate and on_cpu:
         cpu_bandwidth(recalibrate=True)
+    info = cpuinfo.host()
+    print(json.dumps({"cpu_simd_flags": cpuinfo.simd_flags(info), "cpu_native_bf16": cpuinfo.native_bf16(info)}))
     bandwidth = device_bandwidth(jax.devices()[0])
     print(json.dumps({"memory_bytes_per_second": bandwidth.bytes_per_second, "memory_source": bandwidth.source},
                      indent=2))
@@ -618,16 +792,25 @@ __all__ = [
     "DTYPES",
     "Peak",
     "TABLE",
+    "calibrated",
     "compute_dtype_of",
     "cpu_bandwidth",
+    "CPU_FMA_TABLE",
+    "FmaRule",
+    "cpu_clock",
+    "cpu_nominal_peak",
     "cpu_peak",
     "describe_devices",
     "device_bandwidth",
+    "device_nominal_peak",
     "device_peak",
+    "fma_rule",
+    "identity_key",
     "match_accelerator",
     "measure_cpu_bandwidth",
     "measure_cpu_peak",
     "mfu",
+    "nominal_cpu_peak",
     "table_bandwidth",
     "tdp_watts",
 ]

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from common.run_contract import CHECKPOINT_DIR, RunSummary, write_summary
 from modeling import accounting
 from modeling.transformer import Transformer
-from train import branches
+from train import branches, cpu_paths
 from train import budget as budget_lib
 from train import data as data_lib
 from train import run_dir as run_dir_lib
@@ -45,7 +45,7 @@ from train import stop as stop_lib
 from train.checkpoint import Checkpointer, restore_branch_point
 from train.config import Config
 from train.energy import EnergyMeter
-from train.hardware import compute_dtype_of, describe_devices, device_peak, mfu
+from train.hardware import compute_dtype_of, describe_devices, device_nominal_peak, device_peak, mfu
 from train.lengths import warmup_steps
 from train.metric_log import MetricLog, peak_memory_bytes
 from train.optimizer import build_optimizer, schedule_for
@@ -111,17 +111,21 @@ class TrainingSetup:
     data_sharding: NamedSharding
     train_step: Callable  # (params, opt_state, batch) -> (params, opt_state, metrics)
     eval_step: Callable  # (params, batch) -> mean token cross-entropy
+    host_paths: dict  # the CPU-specific paths the model was built with, and why (train/cpu_paths.py)
 
 
 def build_training(config: Config, total_steps: int, mesh: Mesh | None = None) -> TrainingSetup:
-    """Params and optimizer state created directly in their sharded layout, and the jitted steps."""
+    """Params and optimizer state created directly in their sharded layout, and the jitted steps. The model
+    takes this host's CPU paths for its "auto" knobs (train/cpu_paths.py; the same parameters either way)."""
     mesh = make_mesh(config.run) if mesh is None else mesh
     check_batch_divides(config.data.batch_size, mesh)
-    optimizer = build_optimizer(config.optimizer, total_steps, warmup_steps(config, total_steps)[0])
-    abstract = nnx.eval_shape(lambda: Transformer(config.model, nnx.Rngs(config.run.seed)))
+    model_config, host_paths = cpu_paths.resolve(config.model, config.data.seq_len)
+    optimizer = build_optimizer(config.optimizer, total_steps, warmup_steps(config, total_steps)[0],
+                                model=model_config)  # μP's per-role Adam multipliers (modeling/mup.py)
+    abstract = nnx.eval_shape(lambda: Transformer(model_config, nnx.Rngs(config.run.seed)))
     graphdef, abstract_params = nnx.split(abstract)
     param_sh = param_shardings(abstract_params, mesh)
-    params = jax.jit(lambda: nnx.split(Transformer(config.model, nnx.Rngs(config.run.seed)))[1],
+    params = jax.jit(lambda: nnx.split(Transformer(model_config, nnx.Rngs(config.run.seed)))[1],
                      out_shardings=param_sh)()
     opt_sh = _optimizer_shardings(optimizer, abstract_params, param_sh, mesh)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
@@ -130,7 +134,7 @@ def build_training(config: Config, total_steps: int, mesh: Mesh | None = None) -
                                  grad_accum_steps=config.optimizer.grad_accum_steps,
                                  shardings=(param_sh, opt_sh, data_sh))
     return TrainingSetup(mesh, optimizer, graphdef, params, opt_state, param_sh, opt_sh, data_sh, train_step,
-                         make_eval_step(graphdef))
+                         make_eval_step(graphdef), host_paths)
 
 
 def _optimizer_shardings(optimizer, abstract_params, param_sh, mesh):
@@ -164,6 +168,9 @@ def schedule_facts(config: Config, total_steps: int) -> dict:
     source = ("optimizer.learning_rate" if run.lr_sweep is None else
               f"one rate of lr sweep {run.lr_sweep} (optimizer.learning_rate); fits keep the sweep's lowest final "
               "eval loss")
+    if run.lr_transfer is not None:
+        source = (f"transferred from lr sweep {run.lr_transfer}: the rate of its lowest final eval loss "
+                  "(optimizer.learning_rate; μP, lr_sweep.transfer)")
     role = "branch" if run.branch_from is not None else "stable" if run.branch_points else "run"
     return {"learning_rate": config.optimizer.learning_rate, "learning_rate_source": source,
             "warmup_steps": warmup, "warmup_source": f"{config.optimizer.warmup_rule}: {warmup_source}",
@@ -224,6 +231,7 @@ class _Session:
         compute_dtype = compute_dtype_of(config.model.precision)
         self.hardware = describe_devices(self.devices, compute_dtype, config.hardware)
         self.peak = device_peak(self.devices[0], compute_dtype, config.hardware)
+        self.nominal_peak = device_nominal_peak(self.devices[0], compute_dtype)
         self.eval_batches = dataset.eval_batches()
         self.mfu_flops_per_token = accounting.mfu_flops_per_token(config.model, config.data.seq_len)
         self.session_start = time.perf_counter()
@@ -339,16 +347,19 @@ class _Session:
     def _finish(self, status: str, error: str | None) -> RunSummary:
         if self.steady["steps"]:
             steady = self.plan.tokens_per_step * self.steady["steps"] / self.steady["seconds"]
+            model_flops_per_second = self.mfu_flops_per_token * steady
             throughput = {"tokens_per_second": steady,
-                          "mfu": mfu(self.mfu_flops_per_token * steady, len(self.devices), self.peak)}
+                          "mfu": mfu(model_flops_per_second, len(self.devices), self.peak),
+                          "mfu_nominal": mfu(model_flops_per_second, len(self.devices), self.nominal_peak)}
         else:  # only compile intervals: no steady-state figure to report
-            throughput = {"tokens_per_second": None, "mfu": None}
+            throughput = {"tokens_per_second": None, "mfu": None, "mfu_nominal": None}
         summary = run_dir_lib.summary(
             self.config, self.run_dir, self.plan, status=status, error=error, step=self.step,
             last_metrics={**self.last, **throughput}, wall_seconds=self.wall_seconds(), hardware=self.hardware,
             energy=self.energy, data=self.dataset.summary(), epochs=self.epochs,
         )
-        summary = dataclasses.replace(summary, **schedule_facts(self.config, self.plan.steps))
+        summary = dataclasses.replace(summary, **schedule_facts(self.config, self.plan.steps),
+                                      mfu_nominal=throughput["mfu_nominal"], host_paths=self.setup.host_paths)
         if self.primary:
             write_summary(self.run_dir.path, summary)
         return summary

@@ -19,8 +19,11 @@ The floor is reached at s = total_steps, one step after the last update, so no u
 when min_lr_ratio = 0.
 
 Weight decay is decoupled AdamW decay (scaled by the schedule, as optax and PyTorch do) and by default
-applies only to weight matrices: leaves with ndim ≥ 2 whose path does not contain "embed" (so norms,
-biases, the token and position tables are excluded; an untied head is a matrix and is decayed).
+applies only to the hidden and output weights of modeling/mup.py's roles (every kernel, the router, an
+untied head), never to the input-like ones (the token and position tables, biases, norm gains).
+Under μP (`model.parameterization: mup`, docs/MUP.md) the Adam step of each parameter is multiplied by
+its role's multiplier (1/m for hidden kernels) before the decay is added, so the decay keeps the
+schedule's rate × weight_decay at every width, as microsoft/mup's MuAdamW does.
 The optimizer state is kept in fp32 whatever the parameter dtype (precision=bf16 stores bf16 weights,
 whose second moments would lose the small squared gradients in bf16); updates are cast back.
 Gradient accumulation and z-loss live in the train step and the loss, not here.
@@ -32,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from modeling import mup
+from modeling.config import ModelConfig
 from train.config import Config, ConfigError, OptimizerConfig
 from train.lengths import decay_steps, warmup_steps, wsd_overrun
 
@@ -77,8 +82,9 @@ def path_name(path) -> str:
 
 
 def decays(path, leaf) -> bool:
-    """Default weight-decay rule: matrices only, never an embedding table (path containing 'embed')."""
-    return jnp.ndim(leaf) >= 2 and "embed" not in path_name(path)
+    """Default weight-decay rule: hidden and output weights, never input-like ones (by name, so a scanned
+    stack's [layers, d] norm gains are not taken for matrices)."""
+    return mup.role(path_name(path)) != mup.INPUT
 
 
 def weight_decay_mask(params):
@@ -110,16 +116,30 @@ def schedule_for(config: Config, total_steps: int) -> optax.Schedule:
     return learning_rate_schedule(config.optimizer, total_steps, warmup_steps(config, total_steps)[0])
 
 
-def build_optimizer(opt: OptimizerConfig, total_steps: int, warmup: int | None = None) -> optax.GradientTransformation:
-    """Global-norm clipping (if grad_clip > 0), then AdamW on the schedule, state in fp32."""
+def scale_by_role(inner: optax.GradientTransformation, model: ModelConfig | None) -> optax.GradientTransformation:
+    """`inner` (the Adam step) with each update multiplied by its parameter's μP multiplier; `inner` itself
+    under SP. Wrapping rather than chaining keeps the optimizer state's structure, so SP checkpoints of
+    before μP restore unchanged."""
+    if model is None or model.parameterization == "sp":
+        return inner
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: u * mup.adam_multiplier(model, path_name(path)), updates), state
+
+    return optax.GradientTransformation(inner.init, update)
+
+
+def build_optimizer(opt: OptimizerConfig, total_steps: int, warmup: int | None = None,
+                    model: ModelConfig | None = None) -> optax.GradientTransformation:
+    """Global-norm clipping (if grad_clip > 0), then AdamW on the schedule (optax.adamw's three parts,
+    the Adam step scaled by role under μP), state in fp32. `model` carries the parameterization."""
     mask = None if opt.decay_norms_biases_embeddings else weight_decay_mask
-    adamw = optax.adamw(
-        learning_rate_schedule(opt, total_steps, warmup),
-        b1=opt.beta1,
-        b2=opt.beta2,
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-        mask=mask,
+    adamw = optax.chain(
+        scale_by_role(optax.scale_by_adam(b1=opt.beta1, b2=opt.beta2, eps=opt.eps), model),
+        optax.add_decayed_weights(opt.weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate_schedule(opt, total_steps, warmup)),
     )
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
     return float32_state(optax.chain(*parts, adamw))

@@ -18,6 +18,11 @@ step anyway) and serialises malloc on one arena (XLA:CPU allocates a few large b
 contention is negligible); "system" leaves glibc's defaults; "auto" (default) = "keep" when the run
 will use the CPU backend, per JAX_PLATFORMS or, when unset, the absence of an accelerator plugin.
 A no-op where the C library is not glibc.
+
+`host_runtime()` says which of these process-start settings is in effect and why, for the run's
+`host_paths` (train/cpu_paths.py): the allocator as configured here (or as the environment set it), and
+XLA_FLAGS as the environment gave them. isoflop sets no XLA flags: none of those tried gained anything
+(docs/PERFORMANCE.md), and XLA reads them once at backend start, so they cannot be chosen per run.
 """
 
 from __future__ import annotations
@@ -61,23 +66,60 @@ def _backend_started() -> bool:
     return bool(bridge is not None and getattr(bridge, "_backends", None))
 
 
+_KEEP_WHAT = "one glibc arena, no mmap for large blocks, no heap trimming"
+_KEEP = f"host allocator: {_KEEP_WHAT}"
+_outcome: tuple[str, str] | None = None  # (value, reason) of this process's configure_host_runtime()
+_MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+XLA_FLAGS_REASON = ("fixed: isoflop sets none. The XLA:CPU flags tried (oneDNN, XNNPACK off, YNN/oneDNN fusion"
+                    " types, 512-bit vectors) moved step time within +-5% noise (docs/PERFORMANCE.md), and XLA reads"
+                    " its flags once at backend start, so they are not chosen per run")
+
+
 def configure_host_runtime(mode: str | None = None) -> str | None:
     """Apply the host allocator setting (see module docstring); returns what was done, or None.
 
     `mode` defaults to $ISOFLOP_HOST_ALLOCATOR, else "auto". Call once, first thing in an entry point.
+    What it decided, and why, is kept for `host_runtime()` (the run's `host_paths`).
     """
+    global _outcome
     mode = mode or os.environ.get(ENV_VAR, "auto")
     if mode not in MODES:
         raise ValueError(f"{ENV_VAR}: {mode!r} is not one of {', '.join(MODES)}")
-    if mode == "system" or (mode == "auto" and not cpu_backend_expected()):
-        return None
+    if _outcome is None or _outcome[0] != "keep":  # once made, the settings hold for the process's lifetime
+        _outcome = _apply(mode)
+    return _KEEP if _outcome[0] == "keep" else None
+
+
+def _apply(mode: str) -> tuple[str, str]:
+    """(value, reason) after applying `mode`: "keep" when the mallopt calls were made, else "system"."""
+    if mode == "system":
+        return "system", f"{ENV_VAR}=system: glibc's defaults"
+    if mode == "auto" and not cpu_backend_expected():
+        return "system", "auto: an accelerator backend is expected (JAX_PLATFORMS or an installed plugin)"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
+        return "system", "not glibc: nothing to set"
     if _backend_started():  # its threads already own arenas: too late to help, so change nothing
-        return None
+        return "system", "JAX's backend started before configure_host_runtime(): too late, nothing changed"
     libc = ctypes.CDLL("libc.so.6")
     # M_TRIM_THRESHOLD takes an int; -1 becomes SIZE_MAX inside glibc, i.e. never trim.
     done = [libc.mallopt(_M_ARENA_MAX, 1), libc.mallopt(_M_MMAP_MAX, 0), libc.mallopt(_M_TRIM_THRESHOLD, -1)]
     if not all(done):
-        return None
-    return "host allocator: one glibc arena, no mmap for large blocks, no heap trimming"
+        return "system", "glibc's mallopt refused the settings"
+    return "keep", (f"{mode}: {_KEEP_WHAT} at process start, so XLA:CPU's step buffer stays in the"
+                    " heap instead of being page-faulted in every step (docs/PERFORMANCE.md)")
+
+
+def host_runtime(environ=os.environ) -> dict:
+    """The process-start settings in effect and why: the allocator and the XLA flags ({value, reason} each)."""
+    if _outcome is not None:
+        value, reason = _outcome
+    else:
+        env = [f"{name}={environ[name]}" for name in _MALLOC_ENV if name in environ]
+        value = "environment" if env else "system"
+        reason = ("configure_host_runtime() was not called by this entry point; "
+                  + (f"set in the environment: {' '.join(env)}" if env else "glibc's defaults"))
+    flags = environ.get("XLA_FLAGS", "").strip()
+    return {"host_allocator": {"value": value, "reason": reason},
+            "xla_flags": {"value": flags or "none",
+                          "reason": "from the environment (XLA reads it at backend start)" if flags
+                          else XLA_FLAGS_REASON}}

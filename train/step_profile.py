@@ -10,7 +10,11 @@ inflates it less; the wall time per step minus the summed op time is what no op 
 hand-offs, dispatch, host). Ops that run concurrently are summed, so on an idle host the op total can
 exceed the wall time.
 
-    python -m train.step_profile configs/bench/shape-a.yaml [key=value ...] --out /tmp/profile-a
+The summary explains the MFU gap: MFU = (share of the step spent in matmuls) x (the rate those matmuls
+reach, model FLOPs / matmul seconds, as a share of the peak), the rest of the step split into attention
+softmax/mask/layout, element-wise work and the optimizer update.
+
+    python -m train.step_profile configs/bench/shape-a.yaml [key=value ...] [--out /tmp/profile-a]
 
 Run that way it first applies the host allocator setting of train/runtime.py, as training should.
 """
@@ -22,10 +26,13 @@ import collections
 import pathlib
 import re
 import statistics
+import tempfile
 import time
 
+from modeling import accounting
 from train import runtime
 from train.config import Config
+from train.hardware import compute_dtype_of, device_peak
 
 # jax and the modules that import it load inside the functions, so that `main` can set the host
 # allocator (train/runtime.py) before JAX starts its backend.
@@ -192,8 +199,43 @@ def profile_train(config: Config, out_dir: str | pathlib.Path, steps: int = 5) -
     rows = sorted(({"part": part, "forward_seconds": forward[part], "backward_seconds": backward[part],
                     "ops": counts[part]} for part in counts),
                   key=lambda row: -(row["forward_seconds"] + row["backward_seconds"]))
+    devices = setup.mesh.devices.flatten().tolist()
+    peak = device_peak(devices[0], compute_dtype_of(config.model.precision), config.hardware)
+    tokens = config.data.batch_size * config.data.seq_len
     return {"wall_seconds_per_step_median": statistics.median(wall), "op_seconds_per_step": total,
-            "rows": rows, "trace_dir": str(out_dir)}
+            "rows": rows, "trace_dir": str(out_dir),
+            "model_flops_per_step": accounting.mfu_flops_per_token(config.model, config.data.seq_len) * tokens,
+            "peak_flops_per_second": None if peak.flops_per_second is None else peak.flops_per_second * len(devices),
+            "host_paths": setup.host_paths}
+
+
+def group(part: str) -> str:
+    """The four kinds of time the MFU gap is made of."""
+    if part.startswith("matmul"):
+        return "matmuls"
+    if part.startswith("attention"):
+        return "attention softmax/mask/layout"
+    if part == "optimizer update":
+        return "optimizer update"
+    return "element-wise and other"
+
+
+def mfu_gap(result: dict) -> list[str]:
+    """MFU = matmul share of the step x matmul rate / peak, and where the rest of the step goes."""
+    wall = result["wall_seconds_per_step_median"]
+    groups = collections.Counter()
+    for row in result["rows"]:
+        groups[group(row["part"])] += row["forward_seconds"] + row["backward_seconds"]
+    groups["not in any op (dispatch, waits, other processes)"] = max(0.0, wall - sum(groups.values()))
+    lines = [f"{name:36} {1e3 * value:8.1f} ms {100 * value / wall:5.1f}% of the wall step"
+             for name, value in groups.most_common()]
+    matmul, peak, flops = groups["matmuls"], result["peak_flops_per_second"], result["model_flops_per_step"]
+    if matmul > 0 and peak:
+        rate = flops / matmul
+        lines.append(f"MFU {100 * flops / wall / peak:.1f}% = matmuls {100 * matmul / wall:.1f}% of the step x their"
+                     f" rate {rate:.3g} FLOP/s = {100 * rate / peak:.1f}% of the peak {peak:.3g}"
+                     " (model FLOPs / matmul op time)")
+    return lines
 
 
 def format_profile(result: dict) -> str:
@@ -206,6 +248,9 @@ def format_profile(result: dict) -> str:
     wall = result["wall_seconds_per_step_median"]
     lines.append(f"ops total {1e3 * total:.1f} ms/step (each op at its fastest of the traced steps); wall "
                  f"{1e3 * wall:.1f} ms/step (median); not in any op: {1e3 * max(0.0, wall - total):.1f} ms")
+    from train.cpu_paths import format_paths
+
+    lines += ["", *mfu_gap(result), format_paths(result["host_paths"])]
     lines.append(f"trace for TensorBoard: {result['trace_dir']}")
     return "\n".join(lines)
 
@@ -217,11 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.step_profile", description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--out", required=True, help="directory for the profiler trace")
+    parser.add_argument("--out", help="directory for the profiler trace (default: a new temporary directory)")
     parser.add_argument("--steps", type=int, default=5, help="traced steps (after 2 warm-up steps)")
     args = parser.parse_args(argv)
     config = config_lib.load(args.config, args.overrides)
-    print(format_profile(profile_train(config, args.out, args.steps)))
+    out = args.out or tempfile.mkdtemp(prefix="isoflop-profile-")
+    print(format_profile(profile_train(config, out, args.steps)))
     return 0
 
 
