@@ -22,8 +22,7 @@ LAYER_KINDS = ("local", "global")
 FEATURE_MAPS = ("elu1", "relu")
 ATTENTION_IMPLS = ("auto", "xla", "blocked")
 BF16_MATMULS = ("auto", "xla", "f32_result")
-LAYER_STACKS = ("auto", "unrolled", "scan")
-SCAN_AUTO_MIN_LAYERS = 16  # layer_stack=auto scans from this depth on (docs/PERFORMANCE.md, "Depth: scan over layers")
+LAYER_STACKS = ("unrolled", "scan")
 # Which linear layers carry a bias: none; qkv = the q/k/v projections only (Qwen2); all = every one (GPT-2).
 BIAS_KINDS = {"none": (), "qkv": ("qkv",), "all": ("qkv", "out", "ffn")}
 PARAMETERIZATIONS = ("sp", "mup")  # modeling/mup.py, docs/MUP.md
@@ -119,7 +118,9 @@ class ModelConfig:
     # at the price of a loop XLA cannot optimise across. Layers that differ (layer_pattern's local/global,
     # MoE every moe_every-th layer) are scanned as their repeating period, which must divide n_layers
     # (`layer_period`). Parameter paths differ between the two (a checkpoint restores into its own).
-    # auto: scan from SCAN_AUTO_MIN_LAYERS layers on when the period divides n_layers, else unrolled.
+    # Measured on XLA:CPU (docs/PERFORMANCE.md, "Depth: scan over layers"): at 48 layers scan compiles
+    # 5x faster (28 s less) but steps ~10% slower, a loss after ~150 steps, so there is no auto and
+    # unrolled is the default; scan is for compile-bound work (deep models, short runs, tests).
     layer_stack: str = "unrolled"
     # Mixture of experts, read only when ffn=moe (modeling/moe.py, docs/MOE.md): every moe_every-th layer
     # routes each token to moe_top_k of moe_experts experts (each a moe_expert_ffn FFN, d_ff wide) by a
@@ -171,11 +172,8 @@ class ModelConfig:
                     if all(kinds[layer] == kinds[layer - p] for layer in range(p, self.n_layers)))
 
     def scan_repeats(self) -> int | None:
-        """How many times layer_stack=scan repeats the layer period (auto resolved); None: unrolled."""
-        if self.layer_stack == "unrolled" or (self.layer_stack == "auto" and self.n_layers < SCAN_AUTO_MIN_LAYERS):
-            return None
-        period = self.layer_period()
-        return self.n_layers // period if self.n_layers % period == 0 else None
+        """How many times layer_stack=scan repeats the layer period; None: unrolled."""
+        return None if self.layer_stack == "unrolled" else self.n_layers // self.layer_period()
 
     def has_bias(self, part: str) -> bool:
         """Whether the `part` ("qkv", "out" or "ffn") linear layers carry a bias under model.bias."""
@@ -290,5 +288,5 @@ def validate_model(cfg: ModelConfig) -> list[str]:
         problems += ffn_kinds.get(cfg.ffn).validate(cfg)
     if cfg.layer_stack == "scan" and not problems and cfg.n_layers % cfg.layer_period():
         problems.append(f"model.layer_stack: scan repeats a period of {cfg.layer_period()} layers (layer_pattern,"
-                        f" moe_every) that does not divide model.n_layers={cfg.n_layers}; use unrolled or auto")
+                        f" moe_every) that does not divide model.n_layers={cfg.n_layers}; use unrolled")
     return problems

@@ -12,10 +12,13 @@ import pytest
 from flax import nnx
 
 from modeling import accounting
-from modeling.config import SCAN_AUTO_MIN_LAYERS, ModelConfig, validate_model
+from modeling.config import ModelConfig, validate_model
 from modeling.sharding import mesh_spec
 from modeling.transformer import Transformer
 from test_decode import TOLERANCE, decode_in_steps
+from train.count import compiled_training_flops_per_token
+
+COMPILED_TOLERANCE = 0.02  # the contract of tests/test_flops_compiled.py
 
 BASE = ModelConfig(vocab_size=64, d_model=32, n_layers=4, n_heads=4, d_ff=64, max_seq_len=32)
 SHAPES = {
@@ -57,8 +60,8 @@ def loss_and_grads(model: Transformer, tokens):
     return value, nnx.to_pure_dict(grads)
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots_saveable"])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape, remat", [(shape, "none") for shape in SHAPES]
+                         + [("local-global", "full"), ("local-global", "dots_saveable")])
 def test_scan_equals_unrolled_logits_and_gradients(shape, remat):
     """Same weights, same function: the loop body is the same layer computation on the same operands, so
     only XLA's choice of fusions across layer boundaries could differ; fp32 rounding of that is far below
@@ -104,15 +107,15 @@ def test_a_period_that_does_not_divide_the_depth_is_one_line():
     cfg = dataclasses.replace(BASE, n_layers=5, layer_stack="scan", **SHAPES["local-global"])
     assert cfg.layer_period() == 2
     assert validate_model(cfg) == ["model.layer_stack: scan repeats a period of 2 layers (layer_pattern, moe_every)"
-                                   " that does not divide model.n_layers=5; use unrolled or auto"]
-    assert validate_model(dataclasses.replace(cfg, layer_stack="auto")) == []
-    assert dataclasses.replace(cfg, layer_stack="auto", n_layers=SCAN_AUTO_MIN_LAYERS + 1).scan_repeats() is None
+                                   " that does not divide model.n_layers=5; use unrolled"]
+    assert validate_model(dataclasses.replace(cfg, layer_stack="unrolled")) == []
+    moe = dataclasses.replace(BASE, n_layers=8, layer_stack="scan", **{**SHAPES["moe-every-2"], "moe_every": 4})
+    assert moe.layer_period() == 4 and moe.scan_repeats() == 2
+    assert dataclasses.replace(BASE, layer_stack="scan").scan_repeats() == BASE.n_layers  # identical layers
 
 
-def test_auto_scans_from_its_depth_on():
-    deep = dataclasses.replace(BASE, n_layers=SCAN_AUTO_MIN_LAYERS, layer_stack="auto")
-    assert deep.scan_repeats() == SCAN_AUTO_MIN_LAYERS
-    assert dataclasses.replace(deep, n_layers=SCAN_AUTO_MIN_LAYERS - 1).scan_repeats() is None
-    assert dataclasses.replace(deep, layer_stack="unrolled").scan_repeats() is None
-    moe = dataclasses.replace(deep, **{**SHAPES["moe-every-2"], "moe_every": 4})
-    assert moe.layer_period() == 4 and moe.scan_repeats() == SCAN_AUTO_MIN_LAYERS // 4
+def test_compiled_count_of_a_scanned_stack_counts_every_layer():
+    """XLA's cost analysis counts a loop body once; `isoflop count` must still see all the layers."""
+    cfg = dataclasses.replace(BASE, layer_stack="scan")
+    compiled = compiled_training_flops_per_token(cfg, 32)
+    assert abs(accounting.xla_training_flops_per_token(cfg, 32) - compiled) / compiled < COMPILED_TOLERANCE

@@ -7,6 +7,8 @@ per step, not per token). XLA counts what the kernels compute, e.g. the full T×
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -29,7 +31,9 @@ def _xla_flops(compiled) -> float:
 
 
 def compiled_training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    graphdef, state = nnx.split(abstract_model(cfg))
+    """XLA counts a while loop's body once, not once per iteration, so a scanned layer stack
+    (model.layer_stack) is counted as its unrolled twin: the same function, every layer in the graph."""
+    graphdef, state = nnx.split(abstract_model(dataclasses.replace(cfg, layer_stack="unrolled")))
 
     def loss_and_grads(state, batch):
         model = nnx.merge(graphdef, state)
