@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from common.run_contract import CHECKPOINT_DIR, RunSummary, write_summary
 from modeling import accounting
 from modeling.transformer import Transformer
-from train import branches, cpu_paths
+from train import branches, cpu_paths, multihost
 from train import budget as budget_lib
 from train import data as data_lib
 from train import run_dir as run_dir_lib
@@ -188,6 +188,7 @@ def train(config: Config, run_path: pathlib.Path) -> RunSummary:
     run_path = pathlib.Path(run_path)
     with stop_lib.catching() as stop:
         checked = check(config, run_path)
+        multihost.barrier("isoflop: run directory checked")  # every process checks before any writes
         if checked.resume:  # rerunning a finished run changes nothing
             finished = run_dir_lib.completed_summary(run_dir_lib.RunDir(run_path, resumed=True))
             if finished is not None:
@@ -197,7 +198,7 @@ def train(config: Config, run_path: pathlib.Path) -> RunSummary:
         epochs = dataset.epochs(checked.plan.tokens)  # warns when the budget repeats data
         stop.raise_if_received("while the data was prepared")
         with run_dir_lib.locked(run_path, exclusive=jax.process_index() == 0):
-            run = run_dir_lib.prepare(run_path, config)
+            run = run_dir_lib.prepare(run_path, config, checked.resume, primary=jax.process_index() == 0)
             return _Session(config, run, checked, dataset, epochs, stop).run()
 
 

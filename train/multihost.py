@@ -15,7 +15,7 @@ one GPU box, a SLURM job and a TPU pod:
              slice; `gcloud compute tpus tpu-vm ssh --worker=all --command="isoflop train ..."`).
 
 Tested here: the detection, and the explicit form with two CPU processes on one machine
-(tests/test_grid.py). Not tested here (no cluster): SLURM, MPI and TPU auto-detection, which are JAX's own.
+(tests/test_multiprocess.py). Not tested here (no cluster): SLURM, MPI and TPU auto-detection, which are JAX's own.
 """
 
 from __future__ import annotations
@@ -67,4 +67,15 @@ def initialize_from_env(env: Mapping[str, str] | None = None,
     return how
 
 
-__all__ = ["detect", "initialize_from_env"]
+def barrier(name: str) -> None:
+    """Wait until every process of the run reaches `name` (a no-op in a single-process run): the trainer
+    uses it so that no process writes into the shared run directory before every process has checked it."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+__all__ = ["barrier", "detect", "initialize_from_env"]

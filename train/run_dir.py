@@ -76,10 +76,14 @@ def locked(path: pathlib.Path, exclusive: bool = True):
         yield
 
 
-def prepare(path: pathlib.Path, config: Config) -> RunDir:
+def prepare(path: pathlib.Path, config: Config, resume: bool, primary: bool = True) -> RunDir:
     """Accept the run dir for resume if it holds the same config, else write config.yaml (call under
-    `locked`, after `check`); refuses a directory that cannot be this config's."""
+    `locked`, after `check` gave `resume`). The primary process checks again under the lock (another
+    training may have written in between) and writes; the others of a multi-host run share its directory
+    and keep what they checked before any process wrote (their check now could see its half-written files)."""
     path = pathlib.Path(path)
+    if not primary:
+        return RunDir(path, resumed=resume)
     if check(path, config):
         return RunDir(path, resumed=True)
     atomic_write(path / CONFIG_FILE, dump_yaml(config))
