@@ -20,7 +20,6 @@ once, where the paper fixes L_opt first and fits the factors by least squares.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from analysis import chinchilla
 from analysis.errors import AnalysisError
+from analysis.law_files import described_conventions, read_fit_json
 from analysis.laws import ChinchillaLaw
 from analysis.robust import OBJECTIVES, Objective, fit_log_model, grid, log_sum_exp_terms
 from analysis.sources import Dataset
@@ -280,19 +280,12 @@ def read_law(path: str) -> tuple[ConditionalLaw, str]:
     """(law, where it came from) from `isoflop fit --approach conditional --json` or a report's fits.json;
     one line when the file is not there, not JSON, or holds no conditional law."""
     expected = "`isoflop fit RUNS --approach conditional --json`, or a report's fits.json"
-    try:
-        fitted = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
-    except OSError as err:
-        raise AnalysisError(f"--law {path}: {err.strerror} (expected {expected})") from None
-    except ValueError:  # not UTF-8, or not JSON
-        raise AnalysisError(f"--law {path}: not JSON (expected {expected})") from None
-    if isinstance(fitted, dict) and isinstance(fitted.get("fits"), dict):  # a report's fits.json
+    fitted = read_fit_json(path, expected)
+    if isinstance(fitted.get("fits"), dict):  # a report's fits.json
         if not isinstance(fitted["fits"].get("conditional"), dict):
             raise AnalysisError(f"--law {path}: the report has no conditional fit (see its 'skipped': the runs may "
                                 "not vary the architecture)")
         fitted = fitted["fits"]["conditional"]
-    if not isinstance(fitted, dict):
-        raise AnalysisError(f"--law {path}: not a JSON object (expected {expected})")
     missing = [name for name in NAMES if isinstance(fitted.get(name), bool)
                or not isinstance(fitted.get(name), (int, float)) or not math.isfinite(fitted[name])]
     if missing:
@@ -302,9 +295,7 @@ def read_law(path: str) -> tuple[ConditionalLaw, str]:
     wrong = [name for name in NAMES if getattr(law, name) < 0 or (getattr(law, name) == 0 and not name.startswith("c_"))]
     if wrong:
         raise AnalysisError(f"--law {path}: {', '.join(wrong)} must be positive (curvatures >= 0)")
-    conventions = fitted.get("conventions") if isinstance(fitted.get("conventions"), dict) else {}
-    described = ", ".join(f"{key}={value}" for key, value in conventions.items() if key != "csv_columns")
-    return law, f"{path} (conventions: {described or 'not recorded'})"
+    return law, f"{path} (conventions: {described_conventions(fitted)})"
 
 
 # ------------------------------------------------------------------------------------------- throughput

@@ -7,13 +7,12 @@ digits), each with its citation and counting conventions; and reading a law from
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import pathlib
 
 import numpy as np
 
 from analysis.errors import AnalysisError
+from analysis.law_files import described_conventions, read_fit_json
 from analysis.laws import HOFFMANN_2022, KAPLAN_2020, PF_DAY_FLOPS, ChinchillaLaw, DataConstrainedLaw
 
 
@@ -76,29 +75,13 @@ def read_law(spec: str):
     if spec in PRESETS:
         preset = PRESETS[spec]
         return preset.law, f"published constants '{spec}': {preset.citation}; conventions: {preset.conventions}"
-    fitted = _read_json(spec)
+    fitted = read_fit_json(spec, f"a FIT.json from `isoflop fit --approach 3 --json`, or one of {', '.join(PRESETS)}")
     values = {key: _positive_number(spec, fitted, key) for key in ("E", "A", "B", "alpha", "beta")}
     law = ChinchillaLaw(**values)
     if "R_N_star" in fitted or "R_D_star" in fitted:
         law = DataConstrainedLaw(**values, R_D_star=_positive_number(spec, fitted, "R_D_star"),
                                  R_N_star=_positive_number(spec, fitted, "R_N_star"))
-    conventions = fitted.get("conventions")
-    conventions = conventions if isinstance(conventions, dict) else {}
-    described = ", ".join(f"{key}={value}" for key, value in conventions.items() if key != "csv_columns") or "not recorded"
-    return law, f"{spec} (conventions: {described})"
-
-
-def _read_json(spec: str) -> dict:
-    names = ", ".join(PRESETS)
-    try:
-        fitted = json.loads(pathlib.Path(spec).read_bytes().decode("utf-8"))
-    except OSError as err:
-        raise AnalysisError(f"--law {spec}: {err.strerror} (give a FIT.json or one of {names})") from None
-    except ValueError:  # not UTF-8, or not JSON
-        raise AnalysisError(f"--law {spec}: not JSON (expected the output of `isoflop fit --approach 3 --json`)") from None
-    if not isinstance(fitted, dict):
-        raise AnalysisError(f"--law {spec}: not a JSON object (expected the output of `isoflop fit --approach 3 --json`)")
-    return fitted
+    return law, f"{spec} (conventions: {described_conventions(fitted)})"
 
 
 def _positive_number(spec: str, fitted: dict, key: str) -> float:

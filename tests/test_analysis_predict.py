@@ -80,7 +80,7 @@ def test_predict_from_a_fit_json(capsys, tmp_path):
     (("--law", "hoffmann2022"), "give --params and --tokens"),
     (("--law", "muennighoff2023", "--params", "1e9", "--tokens", "1e9", "--unique-tokens", "2e9"),
      "--unique-tokens 2e+09 exceeds the training tokens 1e+09"),
-    (("--law", "nosuchlaw", "--params", "1e9"), "--law nosuchlaw: No such file or directory (give a FIT.json or one of kaplan2020"),
+    (("--law", "nosuchlaw", "--params", "1e9"), "--law nosuchlaw: No such file or directory (expected a FIT.json from `isoflop fit --approach 3 --json`, or one of kaplan2020"),
     (("--law", "hoffmann2022", "--params", "-1", "--tokens", "1e9"), "argument --params: must be a finite number > 0"),
 ])
 def test_bad_predictions_are_one_line_exit_2(capsys, argv, message):
