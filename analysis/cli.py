@@ -132,7 +132,7 @@ def reproduce_command(args) -> str:
         if action.dest in ("help", "func", "parser") or value is None or value == action.default:
             continue
         if not action.option_strings:
-            parts.append(str(value))
+            parts += [str(item) for item in value] if isinstance(value, list) else [str(value)]
         elif action.nargs == 0:  # store_true
             parts.append(action.option_strings[-1])
         elif isinstance(value, list):  # append
@@ -155,7 +155,8 @@ def _one_line_errors(name: str, handler):
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a directory of run directories (any depth, **/summary.json) or a CSV file")
+    parser.add_argument("source", nargs="+", help="a directory of run directories (any depth, **/summary.json; "
+                        "several read as one source) or a CSV file")
     group = parser.add_argument_group("conventions (stated in every output; for a CSV, unless named here, "
                                       "whatever its columns hold)")
     group.add_argument("--params", help=f"parameter count: {', '.join(PARAMS_CONVENTIONS)} (default non_embedding)")

@@ -262,10 +262,26 @@ def fit_conditional(data: Dataset, starts=None, n_best: int | None = None,
         raise AnalysisError("conditional fit is degenerate (alpha + beta <= 0): the data do not constrain L(N, D)")
     out = {**law.as_dict(), "objective": value}
     if held_out:
-        largest = int(np.argmax(data.flops))
+        at = search_point(data)
+        space = SearchSpace(head_dim=runs_head_dim(data))
         out["details"] = {"held_out": held_out_error(data, width, ratio, law, objective),
-                          "search": search_report(law, float(data.params[largest]), float(data.tokens[largest]))}
+                          "search": search_report(law, float(data.params[at]), float(data.tokens[at]), space)}
     return out
+
+
+def search_point(data: Dataset) -> int:
+    """The row the search is made at: the largest model of the largest budget (in an isoFLOP grid, budgets tie
+    on FLOPs; the largest model is the one furthest from the toy end)."""
+    top = data.budget == data.budget[int(np.argmax(data.flops))]
+    return int(np.flatnonzero(top)[np.argmax(data.params[top])])
+
+
+def runs_head_dim(data: Dataset) -> int:
+    """The head width the runs use (the most common d_model / n_heads), so candidates are built as the runs
+    were: a default of 64 leaves no whole layer in a 100k-parameter model."""
+    dims = np.round(data.extras["d_model"] / data.extras["n_heads"])
+    values, counts = np.unique(dims[np.isfinite(dims)], return_counts=True)
+    return int(values[np.argmax(counts)]) if len(values) else SearchSpace.head_dim
 
 
 def law_from(estimates: dict) -> ConditionalLaw:

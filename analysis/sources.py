@@ -140,14 +140,23 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def load_runs(root: str | pathlib.Path, conventions: Conventions, with_curves: bool = False) -> Dataset:
+def load_runs(root: str | pathlib.Path | Sequence[str | pathlib.Path], conventions: Conventions,
+              with_curves: bool = False) -> Dataset:
     """Every run directory under `root` (any depth) with a summary.json, read through the run contract
-    (common.run_contract); only completed runs are kept, the rest counted."""
+    (common.run_contract); only completed runs are kept, the rest counted. Several roots read as one
+    source (an architecture sweep with the isoFLOP grid it is fitted with, say)."""
     check_conventions(conventions)
-    root = pathlib.Path(root)
-    run_dirs = [path.parent for path in sorted(root.rglob(SUMMARY_FILE))]
-    if not run_dirs:
-        raise AnalysisError(f"no {SUMMARY_FILE} found under {root}")
+    roots = [pathlib.Path(root)] if isinstance(root, (str, pathlib.Path)) else [pathlib.Path(r) for r in root]
+    root = " + ".join(str(path) for path in roots)
+    found = {path: [summary.parent for summary in sorted(path.rglob(SUMMARY_FILE))] for path in roots}
+    empty = [str(path) for path, dirs in found.items() if not dirs]
+    if empty:
+        raise AnalysisError(f"no {SUMMARY_FILE} found under {', '.join(empty)}")
+    run_dirs = [run_dir for dirs in found.values() for run_dir in dirs]
+    if len({run_dir.resolve() for run_dir in run_dirs}) < len(run_dirs):
+        raise AnalysisError(f"{root}: the roots overlap (a run directory lies under more than one of them)")
+    names = {run_dir: (run_dir.relative_to(path) if len(roots) == 1 else path.name / run_dir.relative_to(path))
+             for path, dirs in found.items() for run_dir in dirs}
     rows, skipped = [], {}
     for run_dir in run_dirs:
         summary = _contract(read_summary, run_dir)
@@ -169,7 +178,7 @@ def load_runs(root: str | pathlib.Path, conventions: Conventions, with_curves: b
     notes = [f"read {len(records)} completed runs from {root}"]
     if len({record["run_id"] for record in records}) < len(records):
         for (run_dir, _), record in zip(rows, records):
-            record["run_id"] = run_dir.relative_to(root).as_posix()
+            record["run_id"] = names[run_dir].as_posix()
         notes.append("run_ids repeat across experiments: runs are named by their directory under the source")
     if skipped:
         notes.append(f"skipped {sum(skipped.values())} runs that are not completed ({skipped_text})")
@@ -187,7 +196,7 @@ def load_runs(root: str | pathlib.Path, conventions: Conventions, with_curves: b
             curve = learning_curve(run_dir)
             if curve:
                 curves[record["run_id"]] = curve
-    return _dataset_from_records(str(root), conventions, records, notes, curves)
+    return _dataset_from_records(root, conventions, records, notes, curves)
 
 
 def _contract(read, run_dir: pathlib.Path):
@@ -450,7 +459,7 @@ def cluster_budgets(flops: np.ndarray, rtol: float = DEFAULT_BUDGET_RTOL) -> np.
 
 
 def load_source(
-    source: str | pathlib.Path,
+    source: str | pathlib.Path | Sequence[str | pathlib.Path],
     conventions: Conventions,
     columns: Mapping[str, str | None] | None = None,
     with_curves: bool = False,
@@ -458,15 +467,21 @@ def load_source(
     skip_blank: bool = False,
     need_loss: bool = True,
 ) -> Dataset:
-    """A run-directory root or a CSV file, whichever `source` is (`skip_blank`, `need_loss`: CSV only)."""
-    path = pathlib.Path(source)
-    if "\x00" in str(source):
-        raise AnalysisError(f"{str(source)!r}: a path cannot contain a NUL byte")
-    if not path.exists():
-        raise AnalysisError(f"{source}: no such file or directory")
-    if path.is_dir():
-        return load_runs(path, conventions, with_curves=with_curves)
-    return load_csv(path, conventions, columns, budget_rtol, skip_blank=skip_blank, need_loss=need_loss)
+    """A run-directory root (or several) or one CSV file, whichever `source` is (`skip_blank`, `need_loss`:
+    CSV only)."""
+    sources = [source] if isinstance(source, (str, pathlib.Path)) else list(source)
+    for item in sources:
+        if "\x00" in str(item):
+            raise AnalysisError(f"{str(item)!r}: a path cannot contain a NUL byte")
+        if not pathlib.Path(item).exists():
+            raise AnalysisError(f"{item}: no such file or directory")
+    if all(pathlib.Path(item).is_dir() for item in sources):
+        return load_runs(sources, conventions, with_curves=with_curves)
+    if len(sources) > 1:
+        raise AnalysisError(f"{' '.join(map(str, sources))}: several sources must all be run-directory roots "
+                            "(a CSV is read alone)")
+    return load_csv(pathlib.Path(sources[0]), conventions, columns, budget_rtol, skip_blank=skip_blank,
+                    need_loss=need_loss)
 
 
 def exclude_outliers(

@@ -195,3 +195,13 @@ def test_report_includes_the_conditional_law_and_its_pareto_plot(capsys, runs, t
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Architecture-conditional (Bian et al.)" in text and "![conditional_pareto.png]" in text
     assert (tmp_path / "report" / "conditional_pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_search_is_made_at_the_largest_model_of_the_largest_budget_with_the_runs_head_width(runs):
+    from analysis.sources import Conventions, load_runs
+
+    data = load_runs(runs, Conventions())
+    at = conditional.search_point(data)
+    top = data.budget == data.budget.max()
+    assert data.budget[at] == data.budget.max() and data.params[at] == data.params[top].max()
+    assert conditional.runs_head_dim(data) == 64  # the synthetic runs' heads are 64 wide

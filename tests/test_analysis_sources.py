@@ -151,3 +151,16 @@ def test_learning_curves_come_through_the_contract(tmp_path):
     with pytest.raises(AnalysisError, match="metrics.jsonl line 2: not a metrics row") as err:
         load_runs(tmp_path, Conventions(), with_curves=True)
     assert "\n" not in str(err.value)
+
+
+def test_several_run_roots_read_as_one_source(tmp_path):
+    write_run_dirs(tmp_path / "grid", [1e7, 2e7], [2e8, 1e8], [3.0, 3.1], curves=False)
+    write_run_dirs(tmp_path / "sweep", [4e7], [5e7], [3.2], curves=False)
+    data = load_source([tmp_path / "grid", tmp_path / "sweep"], Conventions())
+    assert len(data) == 3 and data.source == f"{tmp_path / 'grid'} + {tmp_path / 'sweep'}"
+    assert set(data.run_ids) == {"grid/run000", "grid/run001", "sweep/run000"}  # repeated ids: named by root
+    with pytest.raises(AnalysisError, match="roots overlap"):
+        load_source([tmp_path, tmp_path / "grid"], Conventions())
+    csv_file = write(tmp_path / "t.csv", "params,tokens,loss\n1e8,2e9,3.0\n")
+    with pytest.raises(AnalysisError, match="several sources must all be run-directory roots"):
+        load_source([tmp_path / "grid", csv_file], Conventions())
