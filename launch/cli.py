@@ -33,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_host_runtime()  # before anything starts JAX: glibc must keep XLA:CPU's step buffer (train/runtime.py)
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "bench_kind", None))))  # e.g. "bench infer"
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
         for problem in err.problems:
-            print(f"isoflop {args.command}: {problem}", file=sys.stderr)
+            print(f"isoflop {command}: {problem}", file=sys.stderr)
         return 2
     except (WriteError, LockedError) as err:
-        print(f"isoflop {args.command}: {err}", file=sys.stderr)
+        print(f"isoflop {command}: {err}", file=sys.stderr)
         return 1
 
 
