@@ -58,3 +58,10 @@ def test_the_shipped_isoflop_grid_spends_its_budgets():
         cells.setdefault(budget, set()).add(run.n_params)
     assert len(grid.runs) >= 15 and max(cells) / min(cells) >= 10
     assert all(len(sizes) >= 5 for sizes in cells.values())
+
+
+@pytest.mark.parametrize("spec", sorted((plan_lib.CONFIG_ROOT / "grids").rglob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_spec_plans(spec):
+    """A spec the README or the docs tell users to run must plan as shipped (one-line errors otherwise)."""
+    grid = plan_lib.load(spec)
+    assert grid.runs and all(run.run_id for run in grid.runs)
