@@ -22,6 +22,7 @@ LAYER_KINDS = ("local", "global")
 FEATURE_MAPS = ("elu1", "relu")
 ATTENTION_IMPLS = ("auto", "xla", "blocked")
 BF16_MATMULS = ("auto", "xla", "f32_result")
+WEIGHT_GRADS = ("auto", "xla", "small_transpose")
 LAYER_STACKS = ("unrolled", "scan")
 # Which linear layers carry a bias: none; qkv = the q/k/v projections only (Qwen2); all = every one (GPT-2).
 BIAS_KINDS = {"none": (), "qkv": ("qkv",), "all": ("qkv", "out", "ffn")}
@@ -112,6 +113,11 @@ class ModelConfig:
     # arithmetic; accelerators gain nothing and write twice the bytes. auto: f32_result on CPU, else xla;
     # a training on CPU measures xla vs f32_result per host (train/cpu_paths.py).
     bf16_matmul: str = "auto"
+    # weight_grad (fp32 dense layers): "xla" = autodiff's weight gradient x^T·g; "small_transpose" = the
+    # same sum as (g^T·x)^T when x is the wider operand (modeling/precision.py small_transpose_matmul), so
+    # XLA:CPU transposes the smaller one: its copy of a [tokens, d_ff] activation's transpose was a quarter
+    # of configs/bench/shape-a.yaml's fp32 step. auto: small_transpose on CPU, else xla.
+    weight_grad: str = "auto"
     # layer_stack: "unrolled" = one traced and compiled copy of every layer (XLA may fuse and schedule
     # across layer boundaries); "scan" = the layers' parameters stacked on a leading "layers" axis and
     # applied by one nnx.scan, so tracing and compilation cost one period of layers whatever the depth,
@@ -185,7 +191,7 @@ def _choices(cfg: ModelConfig) -> list[str]:
     for field, allowed in (("attention", attention_kinds.names()), ("ffn", ffn_kinds.names()),
                            ("norm", NORM_KINDS), ("position", POSITION_KINDS), ("precision", PRECISION_KINDS),
                            ("remat", REMAT_KINDS), ("linear_feature_map", FEATURE_MAPS),
-                           ("attention_impl", ATTENTION_IMPLS), ("bf16_matmul", BF16_MATMULS),
+                           ("attention_impl", ATTENTION_IMPLS), ("bf16_matmul", BF16_MATMULS), ("weight_grad", WEIGHT_GRADS),
                            ("bias", tuple(BIAS_KINDS)), ("layer_stack", LAYER_STACKS),
                            ("parameterization", PARAMETERIZATIONS)):
         problems += one_of(f"model.{field}", getattr(cfg, field), allowed)

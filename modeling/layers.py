@@ -16,7 +16,7 @@ from flax import nnx
 
 from modeling.config import ModelConfig
 from modeling.mup import hidden_init_std
-from modeling.precision import f32_result_matmul, fp8_dot_general, policy, resolve_for_backend
+from modeling.precision import f32_result_matmul, fp8_dot_general, policy, resolve_for_backend, small_transpose_matmul
 from modeling.sharding import with_axes
 
 
@@ -24,9 +24,10 @@ class Dense(nnx.Linear):
     """nnx.Linear (same parameters) whose bf16 matmuls may take the f32-result path of `model.bf16_matmul`:
     bf16 operands, fp32 accumulation and bias add, one cast to bf16 (modeling/precision.py)."""
 
-    def __init__(self, *args, bf16_matmul: str = "xla", **kwargs):
+    def __init__(self, *args, bf16_matmul: str = "xla", weight_grad: str = "xla", **kwargs):
         super().__init__(*args, **kwargs)
         self.bf16_matmul = bf16_matmul
+        self.weight_grad = weight_grad
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         if (self.dtype == jnp.bfloat16 and out_sharding is None
@@ -34,6 +35,10 @@ class Dense(nnx.Linear):
             bias = None if self.bias is None else self.bias[...]
             kernel = self.kernel[...].astype(jnp.bfloat16)
             return f32_result_matmul(inputs.astype(jnp.bfloat16), kernel, bias, jnp.bfloat16)
+        if (self.dtype == jnp.float32 and self.kernel.dtype == jnp.float32 and out_sharding is None
+                and resolve_for_backend(self.weight_grad, cpu="small_transpose", other="xla") == "small_transpose"):
+            y = small_transpose_matmul(inputs.astype(jnp.float32), self.kernel[...])
+            return y if self.bias is None else y + self.bias[...]
         return super().__call__(inputs, out_sharding)
 
 
@@ -55,7 +60,7 @@ def dense(cfg: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs,
                   bias_init=with_axes(nnx.initializers.zeros, axes[1]), rngs=rngs)
     if prec.fp8_matmuls:
         return nnx.Linear(in_features, out_features, dot_general=fp8_dot_general, **common)
-    return Dense(in_features, out_features, bf16_matmul=cfg.bf16_matmul, **common)
+    return Dense(in_features, out_features, bf16_matmul=cfg.bf16_matmul, weight_grad=cfg.weight_grad, **common)
 
 
 def norm(cfg: ModelConfig, features: int, rngs: nnx.Rngs) -> nnx.Module:

@@ -135,3 +135,35 @@ def _f32_result_matmul_bwd(result_dtype, residuals, grad):
 
 
 f32_result_matmul.defvjp(_f32_result_matmul_fwd, _f32_result_matmul_bwd)
+
+
+# ----------------------------------------------------------------------------- fp32 weight gradients
+
+
+@jax.custom_vjp
+def small_transpose_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., K] @ w [K, N] whose weight gradient transposes the smaller of its two operands.
+
+    Autodiff's weight gradient is x^T·g, contracting over every token; XLA:CPU lays it out by copying the
+    transpose of x, and when x is the wide one (the [tokens, d_ff] input of an FFN's down projection) that
+    copy ran at a few GB/s and took a quarter of configs/bench/shape-a.yaml's fp32 step. (g^T·x)^T is the
+    same sum with the transpose on g and on the small [N, K] result (docs/PERFORMANCE.md)."""
+    return jnp.dot(x, w)
+
+
+def _small_transpose_matmul_fwd(x, w):
+    return jnp.dot(x, w), (x, w)
+
+
+def _small_transpose_matmul_bwd(residuals, grad):
+    x, w = residuals
+    leading = tuple(range(x.ndim - 1))
+    dx = jax.lax.dot_general(grad, w, (((grad.ndim - 1,), (1,)), ((), ())))
+    if x.shape[-1] > grad.shape[-1]:
+        dw = jax.lax.dot_general(grad, x, ((leading, leading), ((), ()))).T
+    else:
+        dw = jax.lax.dot_general(x, grad, ((leading, leading), ((), ())))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+small_transpose_matmul.defvjp(_small_transpose_matmul_fwd, _small_transpose_matmul_bwd)

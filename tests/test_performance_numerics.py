@@ -1,6 +1,7 @@
 """Every performance path computes what the plain path computes (issue 5).
 
-The unoptimised path stays selectable by config (`model.attention_impl=xla`, `model.bf16_matmul=xla`),
+The unoptimised path stays selectable by config (`model.attention_impl=xla`, `model.bf16_matmul=xla`,
+`model.weight_grad=xla`),
 so each fast path is checked against it: kernel by kernel (values and gradients), and end to end as a
 fixed-seed training run whose fp32 loss after a few steps must match to a tight tolerance.
 """
@@ -15,14 +16,14 @@ from flax import nnx
 
 from modeling.causal_attention import blocked_causal_attention
 from modeling.config import ModelConfig, validate_model
-from modeling.precision import f32_result_matmul
+from modeling.precision import f32_result_matmul, small_transpose_matmul
 from modeling.transformer import Transformer
 from train.config import OptimizerConfig
 from train.optimizer import build_optimizer
 from train.step import make_train_step
 
-PLAIN = dict(attention_impl="xla", bf16_matmul="xla")
-FAST = dict(attention_impl="blocked", bf16_matmul="f32_result")
+PLAIN = dict(attention_impl="xla", bf16_matmul="xla", weight_grad="xla")
+FAST = dict(attention_impl="blocked", bf16_matmul="f32_result", weight_grad="small_transpose")
 
 
 def _qkv(batch, length, heads, kv_heads, dim, dtype, seed=0):
@@ -88,10 +89,30 @@ def test_f32_result_matmul_values_and_gradients():
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.02, atol=0.02 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("k, n", [(48, 16), (16, 48)])  # x the wider operand (the transposed form), and not
+def test_small_transpose_matmul_values_and_gradients(jit, k, n):
+    keys = jax.random.split(jax.random.key(4), 3)
+    x, w = jax.random.normal(keys[0], (3, 5, k)), jax.random.normal(keys[1], (k, n))
+    cotangent = jax.random.normal(keys[2], (3, 5, n))
+
+    def objective(matmul):
+        grad = jax.value_and_grad(lambda x, w: jnp.sum(matmul(x, w) * cotangent), argnums=(0, 1))
+        return (jax.jit(grad) if jit else grad)(x, w)
+
+    value, (dx, dw) = objective(small_transpose_matmul)
+    ref_value, (ref_dx, ref_dw) = objective(lambda x, w: x @ w)
+    assert dw.shape == w.shape and dx.shape == x.shape
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    for got, want in ((dx, ref_dx), (dw, ref_dw)):  # the same sums, possibly in another order
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_performance_knobs_are_validated():
-    bad = ModelConfig(attention_impl="flash", bf16_matmul="fast", attention_block_size=0)
+    bad = ModelConfig(attention_impl="flash", bf16_matmul="fast", attention_block_size=0, weight_grad="fast")
     problems = " ".join(validate_model(bad))
     assert "model.attention_impl" in problems and "model.bf16_matmul" in problems
+    assert "model.weight_grad" in problems
     assert "model.attention_block_size" in problems
 
 
