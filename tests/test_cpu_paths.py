@@ -116,6 +116,10 @@ def test_fp32_and_linear_attention_leave_the_unused_knobs_alone(measured):
     assert resolved.attention_impl == "auto" and resolved.bf16_matmul == "auto" and measured == []
     assert record["attention_impl"]["source"] == record["bf16_matmul"]["source"] == "unused"
     assert "precision fp32 computes in float32" in record["bf16_matmul"]["reason"]
+    assert record["weight_grad"] == {"value": "small_transpose", "source": "default",
+                                     "reason": record["weight_grad"]["reason"]}
+    bf16 = cpu_paths.resolve(dataclasses.replace(MODEL, precision="bf16_mixed", bf16_matmul="xla"), SEQ)[1]
+    assert bf16["weight_grad"]["source"] == "unused"
 
 
 def test_accelerators_keep_their_default_and_say_so(measured, monkeypatch):
@@ -126,6 +130,7 @@ def test_accelerators_keep_their_default_and_say_so(measured, monkeypatch):
     assert record["attention_impl"] == {"value": "xla", "source": "default",
                                         "reason": "accelerator default on gpu (auto = jax.nn.dot_product_attention)"}
     assert record["bf16_matmul"]["value"] == "xla" and "accelerator default on gpu" in record["bf16_matmul"]["reason"]
+    assert record["weight_grad"]["source"] == "unused"  # bf16_mixed: the f32_result path owns its backward
 
 
 def test_a_failed_measurement_falls_back_to_the_static_default_with_a_warning(measured, monkeypatch, recwarn):

@@ -267,6 +267,21 @@ def _bf16_matmul(model: ModelConfig, backend: str, cache_path, recalibrate) -> d
                    f" {_provenance(entry, where)}")
 
 
+def _weight_grad(model: ModelConfig, backend: str) -> dict:
+    """A rule, not a measurement: (g^T·x)^T moves less data than x^T·g when x is the wider operand, so it
+    cannot lose on a host where XLA copies the transposed operand (modeling/precision.py)."""
+    compute = jnp.dtype(policy(model.precision).compute_dtype).name
+    if compute != "float32":
+        return _choice(model.weight_grad, "unused", f"not used: precision {model.precision} computes in {compute}")
+    if model.weight_grad != "auto":
+        return _choice(model.weight_grad, "explicit", "explicit in config")
+    if backend != "cpu":
+        return _choice("xla", "default", f"accelerator default on {backend} (auto = autodiff's x^T·g)")
+    return _choice("small_transpose", "default", "CPU default: the weight gradient transposes the smaller operand"
+                                                 " (XLA:CPU's copy of a wide activation's transpose was a quarter"
+                                                 " of an fp32 step, docs/PERFORMANCE.md)")
+
+
 # ----------------------------------------------------------------------------- the choice
 
 
@@ -286,7 +301,7 @@ def resolve(model: ModelConfig, seq_len: int, *, cache_path=None, recalibrate: b
     impl, block = _attention(model, seq_len, backend, cache_path, recalibrate)
     bf16 = _bf16_matmul(model, backend, cache_path, recalibrate)
     record |= {"attention_impl": impl, "attention_block_size": block, "bf16_matmul": bf16,
-               **runtime.host_runtime()}
+               "weight_grad": _weight_grad(model, backend), **runtime.host_runtime()}
     updates = {}
     if impl["source"] == "measured":
         updates |= {"attention_impl": impl["value"], "attention_block_size": block["value"]}
