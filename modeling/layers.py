@@ -16,13 +16,15 @@ from flax import nnx
 
 from modeling.config import ModelConfig
 from modeling.mup import hidden_init_std
-from modeling.precision import f32_result_matmul, fp8_dot_general, policy, resolve_for_backend, small_transpose_matmul
+from modeling.precision import (WEIGHT_GRAD_AUTO, f32_result_matmul, fp8_dot_general, policy, resolve_for_backend,
+                                small_transpose_matmul)
 from modeling.sharding import with_axes
 
 
 class Dense(nnx.Linear):
-    """nnx.Linear (same parameters) whose bf16 matmuls may take the f32-result path of `model.bf16_matmul`:
-    bf16 operands, fp32 accumulation and bias add, one cast to bf16 (modeling/precision.py)."""
+    """nnx.Linear (same parameters) whose bf16 matmuls may take the f32-result path of `model.bf16_matmul`
+    (bf16 operands, fp32 accumulation and bias add, one cast to bf16) and whose fp32 matmuls may take the
+    weight gradient of `model.weight_grad` (modeling/precision.py)."""
 
     def __init__(self, *args, bf16_matmul: str = "xla", weight_grad: str = "xla", **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,7 +38,7 @@ class Dense(nnx.Linear):
             kernel = self.kernel[...].astype(jnp.bfloat16)
             return f32_result_matmul(inputs.astype(jnp.bfloat16), kernel, bias, jnp.bfloat16)
         if (self.dtype == jnp.float32 and self.kernel.dtype == jnp.float32 and out_sharding is None
-                and resolve_for_backend(self.weight_grad, cpu="small_transpose", other="xla") == "small_transpose"):
+                and resolve_for_backend(self.weight_grad, **WEIGHT_GRAD_AUTO) == "small_transpose"):
             y = small_transpose_matmul(inputs.astype(jnp.float32), self.kernel[...])
             return y if self.bias is None else y + self.bias[...]
         return super().__call__(inputs, out_sharding)

@@ -139,6 +139,9 @@ f32_result_matmul.defvjp(_f32_result_matmul_fwd, _f32_result_matmul_bwd)
 
 # ----------------------------------------------------------------------------- fp32 weight gradients
 
+# What model.weight_grad="auto" means on each backend (read by modeling/layers.py and train/cpu_paths.py).
+WEIGHT_GRAD_AUTO = {"cpu": "small_transpose", "other": "xla"}
+
 
 @jax.custom_vjp
 def small_transpose_matmul(x: jax.Array, w: jax.Array) -> jax.Array:

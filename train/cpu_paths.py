@@ -35,7 +35,7 @@ from common import cpuinfo
 from common.warn import warn_once
 from modeling import attention_kinds
 from modeling.config import ModelConfig
-from modeling.precision import f32_result_matmul, policy
+from modeling.precision import WEIGHT_GRAD_AUTO, f32_result_matmul, policy
 from train import hardware, runtime
 
 # Blocked attention's queries per block: those cutting the sequence into 2..MAX_BLOCKS blocks (each block is
@@ -268,18 +268,17 @@ def _bf16_matmul(model: ModelConfig, backend: str, cache_path, recalibrate) -> d
 
 
 def _weight_grad(model: ModelConfig, backend: str) -> dict:
-    """A rule, not a measurement: (g^T·x)^T moves less data than x^T·g when x is the wider operand, so it
-    cannot lose on a host where XLA copies the transposed operand (modeling/precision.py)."""
+    """A rule by backend, not a measurement (modeling/precision.py WEIGHT_GRAD_AUTO): (g^T·x)^T moves less
+    data than x^T·g when x is the wider operand, which is what XLA:CPU's transpose copy cost."""
     compute = jnp.dtype(policy(model.precision).compute_dtype).name
     if compute != "float32":
         return _choice(model.weight_grad, "unused", f"not used: precision {model.precision} computes in {compute}")
     if model.weight_grad != "auto":
         return _choice(model.weight_grad, "explicit", "explicit in config")
-    if backend != "cpu":
-        return _choice("xla", "default", f"accelerator default on {backend} (auto = autodiff's x^T·g)")
-    return _choice("small_transpose", "default", "CPU default: the weight gradient transposes the smaller operand"
-                                                 " (XLA:CPU's copy of a wide activation's transpose was a quarter"
-                                                 " of an fp32 step, docs/PERFORMANCE.md)")
+    value = WEIGHT_GRAD_AUTO["cpu" if backend == "cpu" else "other"]
+    why = ("the weight gradient transposes the smaller operand, docs/PERFORMANCE.md" if value == "small_transpose"
+           else "autodiff's x^T·g")
+    return _choice(value, "default", f"auto on {backend} ({why})")
 
 
 # ----------------------------------------------------------------------------- the choice
