@@ -1,4 +1,12 @@
-"""Percentile bootstrap: refit on rows (runs) drawn with replacement, optionally within each iso-FLOP budget."""
+"""Percentile bootstrap: refit on resampled data, made one of two ways (a `Resampler`).
+
+- runs: rows (runs) drawn with replacement, optionally within each iso-FLOP budget (the case bootstrap);
+- residuals: the design kept fixed and each budget's fitted losses given back residuals drawn with
+  replacement from that budget (Davison & Hinkley 1997, "Bootstrap Methods and their Application",
+  section 6.2.3, algorithm 6.3; Efron & Tibshirani 1993, section 9.5). An isoFLOP grid is a designed
+  experiment: its model sizes are chosen, not sampled, and drawing runs leaves a resample without the
+  edge sizes that pin a parabola's minimum, which the case bootstrap then has to discard.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ class BootstrapResult:
         text = f"{100 * level:g}% intervals: percentile bootstrap, {self.n_resamples} resamples of {self.resampled}, seed {self.seed}"
         if not self.reliable:
             text += (f"; intervals withheld: only {self.n_resamples - self.n_failed} resamples could be fitted "
-                     "(too few runs to resample; add runs per budget)")
+                     "(too few runs to resample; add runs per budget, or for approach 2 see --resample residuals)")
         elif self.n_failed > sum(self.degenerate.values()):
             text += f" ({self.n_failed - sum(self.degenerate.values())} resamples could not be fitted and were left out)"
         if self.degenerate:
@@ -56,28 +64,69 @@ class BootstrapResult:
         return text
 
 
+RESAMPLING = ("runs", "residuals")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resampler:
+    """How one bootstrap draw is made: `draw(rng)` gives a resampled Dataset; `description` names it."""
+
+    draw: Callable[[np.random.Generator], Dataset]
+    description: str
+
+
 def resample_indices(rng: np.random.Generator, n_rows: int, strata: list[np.ndarray] | None) -> np.ndarray:
     if strata is None:
         return rng.integers(0, n_rows, n_rows)
     return np.concatenate([group[rng.integers(0, len(group), len(group))] for group in strata])
 
 
+def resample_runs(data: Dataset, within_budgets: bool = False) -> Resampler:
+    """The case bootstrap: rows drawn with replacement (within each budget when `within_budgets`)."""
+    strata = data.budget_groups() if within_budgets else None
+    return Resampler(lambda rng: data.take(resample_indices(rng, len(data), strata)),
+                     "runs within each iso-FLOP budget" if within_budgets else "runs (rows)")
+
+
+def resample_residuals(data: Dataset, fitted: np.ndarray, leverage: np.ndarray, strata: list[np.ndarray],
+                       model: str) -> Resampler:
+    """The residual bootstrap of a fixed design: loss* = fitted + r*, r* drawn from the same stratum.
+
+    Residuals are leverage-adjusted and centred, r = (L - fitted)/sqrt(1 - h) minus their mean (Davison &
+    Hinkley eq. 6.9), so that their spread estimates the noise rather than the smaller spread a
+    least-squares fit leaves. Rows in no stratum keep their loss.
+    """
+    pools = []
+    for rows in strata:
+        if np.any(leverage[rows] >= 1 - 1e-9):
+            raise AnalysisError(f"residual bootstrap: a {model} needs more runs than parameters in each budget "
+                                f"(a budget has {len(rows)} runs and no residual degrees of freedom)")
+        modified = (data.loss[rows] - fitted[rows]) / np.sqrt(1 - leverage[rows])
+        pools.append(modified - modified.mean())
+
+    def draw(rng: np.random.Generator) -> Dataset:
+        loss = data.loss.copy()
+        for rows, pool in zip(strata, pools):
+            loss[rows] = fitted[rows] + pool[rng.integers(0, len(pool), len(rows))]
+        return dataclasses.replace(data, loss=loss)
+
+    return Resampler(draw, f"residuals about each budget's {model} (fixed design)")
+
+
 def bootstrap(
     estimator: Callable[[Dataset], dict],
-    data: Dataset,
+    resampler: Resampler,
     n_resamples: int,
     seed: int = 0,
-    within_budgets: bool = False,
     progress: bool = False,
     label: str = "bootstrap",
 ) -> BootstrapResult:
-    """Run `estimator` on `n_resamples` resampled datasets; keep the numeric entries of what it returns."""
+    """Run `estimator` on `n_resamples` draws of `resampler`; keep the numeric entries of what it returns."""
     if n_resamples < 0:
         raise AnalysisError(f"--bootstrap must be >= 0 (got {n_resamples})")
     if seed < 0:  # numpy refuses negative seeds with a traceback
         raise AnalysisError(f"--seed must be >= 0 (got {seed})")
     rng = np.random.default_rng(seed)
-    strata = data.budget_groups() if within_budgets else None
     collected: dict[str, list[float]] = {}
     failed = 0
     iterations = range(n_resamples)
@@ -91,7 +140,7 @@ def bootstrap(
     with single_threaded_blas(), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in iterations:
-            sample = data.take(resample_indices(rng, len(data), strata))
+            sample = resampler.draw(rng)
             try:
                 estimates = _numbers(estimator(sample))
             except DegenerateFit as err:
@@ -106,7 +155,7 @@ def bootstrap(
     return BootstrapResult(
         samples={name: np.array(values) for name, values in collected.items()},
         n_resamples=n_resamples, n_failed=failed, seed=seed,
-        resampled="runs within each iso-FLOP budget" if within_budgets else "runs (rows)", degenerate=degenerate,
+        resampled=resampler.description, degenerate=degenerate,
     )
 
 

@@ -208,19 +208,23 @@ def _budget_parabola(data: Dataset, group: np.ndarray, window: int | None) -> tu
     }, None
 
 
-def approach2_budgets(data: Dataset, window: int | None = None, budgets: tuple[float, ...] | None = None) -> list[dict]:
+def approach2_budgets(data: Dataset, window: int | None = None, budgets: tuple[float, ...] | None = None,
+                      inside: bool = True) -> list[dict]:
     """The per-budget parabola fits: minimum in log N and in log D, and where each sits in the points used.
 
     Without `budgets` (the point fit) a budget whose parabola cannot be made is skipped. With them (a
-    bootstrap resample) every one of those budgets must give a parabola whose minimum lies within the
-    points it used, else the resample is degenerate (DegenerateFit): its a and b would be noise."""
+    bootstrap resample) every one of those budgets must give an upward parabola, and (`inside`) one whose
+    minimum lies within the points it used, else the resample is degenerate (DegenerateFit). A case
+    resample that lost a budget's edge sizes extrapolates noise, so it needs `inside`; a residual resample
+    keeps the design, and a minimum it moves past the edge is the uncertainty the interval must show."""
     fits = []
     for group in data.budget_groups():
         label = float(data.budget[group[0]])
         if budgets is not None and label not in budgets:
             continue
         fit, why = _budget_parabola(data, group, window)
-        if budgets is not None and fit is not None and max(abs(fit["asymmetry_N"]), abs(fit["asymmetry_D"])) > 1:
+        if (budgets is not None and inside and fit is not None
+                and max(abs(fit["asymmetry_N"]), abs(fit["asymmetry_D"])) > 1):
             fit, why = None, "minimum outside the grid"
         if fit is None and budgets is not None:
             raise DegenerateFit(why)
@@ -229,9 +233,10 @@ def approach2_budgets(data: Dataset, window: int | None = None, budgets: tuple[f
     return fits
 
 
-def fit_approach2(data: Dataset, window: int | None = None, budgets: tuple[float, ...] | None = None) -> dict:
+def fit_approach2(data: Dataset, window: int | None = None, budgets: tuple[float, ...] | None = None,
+                  inside: bool = True) -> dict:
     """Approach 2 over every usable budget, or (a resample) over exactly the point fit's `budgets`."""
-    fits = approach2_budgets(data, window, budgets)
+    fits = approach2_budgets(data, window, budgets, inside)
     _require_budgets(len(fits), "2 (with >= 3 model sizes and an upward parabola each)")
     log_c = np.log([budget["flops"] for budget in fits])
     a, k_n = _loglog_slope(log_c, np.log([budget["params_opt"] for budget in fits]))
@@ -244,6 +249,26 @@ def fit_approach2(data: Dataset, window: int | None = None, budgets: tuple[float
         "details": {"budgets": fits, "n_budgets_skipped": len(data.budget_groups()) - len(fits), "window": window,
                     "fit_budgets": [budget["budget"] for budget in fits]},
     }
+
+
+def approach2_residual_model(data: Dataset, point: dict, window: int | None = None):
+    """(fitted, leverage, strata) of the point fit's parabolas in log N, for the residual bootstrap.
+
+    Each fitted budget's rows are those its parabola used; a resample refits both parabolas (in log N and
+    in log D) to the same design with new losses. Rows of other budgets get NaN and keep their loss.
+    """
+    fitted, leverage = np.full(len(data), np.nan), np.full(len(data), np.nan)
+    strata = []
+    for group in data.budget_groups():
+        if float(data.budget[group[0]]) not in point["details"]["fit_budgets"]:
+            continue
+        rows = window_rows(data, group, window)
+        design = np.vander(np.log(data.params[rows]), 3)
+        coefficients, *_ = np.linalg.lstsq(design, data.loss[rows], rcond=None)
+        fitted[rows] = design @ coefficients
+        leverage[rows] = np.einsum("ij,ji->i", design, np.linalg.pinv(design))  # diagonal of the hat matrix
+        strata.append(rows)
+    return fitted, leverage, strata
 
 
 def frontier_band(samples: dict[str, np.ndarray], flops, level: float = 0.95):

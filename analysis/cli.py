@@ -15,7 +15,9 @@ import shlex
 import sys
 
 from analysis.errors import AnalysisError
-from analysis.fits import DEFAULT_LBFGS_STARTS, DEFAULT_OBJECTIVES, FIT_APPROACHES, FitOptions, check_approach, run_fit
+from analysis.bootstrap import RESAMPLING
+from analysis.fits import (DEFAULT_LBFGS_STARTS, DEFAULT_OBJECTIVES, FIT_APPROACHES, FitOptions, check_approach,
+                           check_resampling, run_fit)
 from analysis.presets import PRESETS, chinchilla_form, predict, read_law
 from analysis.results import fmt, samples_csv
 from analysis.robust import OBJECTIVES, objective_named
@@ -107,6 +109,7 @@ def register(subparsers) -> None:
     ladder.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
                         help="bootstrap resamples per fit (default 1000)")
     ladder.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed, >= 0 (default 0)")
+    _add_resample_option(ladder)
     ladder.add_argument("-o", "--output", required=True, help="directory for ladder.md, ladder.json and ladder.png")
 
     report = _add(subparsers, "report", "every fit, PNG plots and report.md for run directories or a CSV", _report)
@@ -154,6 +157,14 @@ def _one_line_errors(name: str, handler):
     return run
 
 
+def _add_resample_option(parser) -> None:
+    parser.add_argument("--resample", choices=RESAMPLING, default="runs",
+                        help="what each bootstrap draw resamples: runs (rows, within each budget where the approach "
+                             "groups by budget; default) or residuals (approach 2: the fixed design of an isoFLOP grid "
+                             "keeps its sizes and each budget's parabola gets back its own residuals, drawn with "
+                             "replacement; Davison & Hinkley 1997, algorithm 6.3)")
+
+
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="+", help="a directory of run directories (any depth, **/summary.json; "
                         "several read as one source) or a CSV file")
@@ -184,6 +195,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
                        help="bootstrap resamples (default 1000; 0: none)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed, >= 0 (default 0)")
+    _add_resample_option(group)
     group.add_argument("--ci", type=ci_level, default=95.0, metavar="LEVEL",
                        help="percent of the bootstrap draws each interval holds, 0 < LEVEL < 100 (default 95; "
                             "80 gives the 10-90%% range)")
@@ -265,13 +277,15 @@ def _warn_repeated_sizes(args, groups) -> None:
 
 def _options(args) -> FitOptions:
     return FitOptions(sigma_col=getattr(args, "sigma_col", None), ci_level=args.ci, n_resamples=args.bootstrap, seed=args.seed, progress=True, lbfgs_starts=args.lbfgs_starts,
-                      reference_flops=args.at_flops, window=args.window, objective=args.objective)
+                      reference_flops=args.at_flops, window=args.window, objective=args.objective,
+                      resample=args.resample)
 
 
 def _fit(args) -> int:
     check_approach(args.approach)
     if args.window is not None and args.approach != "2":
         raise AnalysisError(f"--window applies to approach 2 only (got --approach {args.approach})")
+    check_resampling(args.approach, args.resample)
     if args.objective is not None:
         objective_named(args.objective)
         if args.approach not in DEFAULT_OBJECTIVES:
@@ -328,11 +342,13 @@ def _ladder(args) -> int:
     if problems:
         raise AnalysisError(problems[0])
     steps = [Step(label, source, flops) for label, source, flops in args.step]
-    options = FitOptions(n_resamples=args.bootstrap, seed=args.seed, progress=True)
+    options = FitOptions(n_resamples=args.bootstrap, seed=args.seed, progress=True, resample=args.resample)
     fits = fit_steps(steps, args.params, options, approach3=args.approach3)
     command = " ".join(["isoflop ladder"] + [f"--step {shlex.quote(s.label)} {shlex.quote(s.source)} {s.flops}"
                                              for s in steps]
-                       + (["--approach3"] if args.approach3 else []) + [f"-o {shlex.quote(args.output)}"])
+                       + (["--approach3"] if args.approach3 else [])
+                       + ([f"--resample {args.resample}"] if args.resample != "runs" else [])
+                       + [f"-o {shlex.quote(args.output)}"])
     path = write_ladder(fits, args.output, command)
     print(table(fits))
     print(f"wrote {path}")

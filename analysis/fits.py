@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from analysis import chinchilla, conditional, datacon, frontier, kaplan, overtrain
-from analysis.bootstrap import bootstrap
+from analysis.bootstrap import RESAMPLING, bootstrap, resample_residuals, resample_runs
 from analysis.errors import AnalysisError
 from analysis.laws import PF_DAY_FLOPS, ChinchillaLaw
 from analysis.results import FitResult, fmt
@@ -41,6 +41,9 @@ class FitOptions:
     objective: str | None = None  # approaches 3, overtrain, datacon: None = the approach's paper's objective
     sigma_col: str | None = None  # frontier: the column holding the standard deviation of log N*
     ci_level: float = 95.0  # percent of the bootstrap draws each interval holds
+    # What a bootstrap draw resamples: runs, or residuals of a fixed design where the approach has a model of
+    # each budget (approach 2); a report's other approaches then keep resampling runs.
+    resample: str = "runs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,9 @@ class Spec:
     resample: Callable[[dict, FitOptions], Callable[[Dataset], dict]]
     within_budgets: bool
     describe: Callable[[dict, FitResult], tuple[list[str], list[str]]]  # (extra table lines, notes)
+    # For `--resample residuals`: (fitted, leverage, strata) of the point fit's model, or None if it has none.
+    residual_model: Callable[[Dataset, dict, FitOptions], tuple] | None = None
+    residual_model_name: str = ""
 
 
 def _same(point_fn):
@@ -74,7 +80,12 @@ def _approach2_point(data, options):
 
 def _approach2_resample(point, options):
     budgets = tuple(point["details"]["fit_budgets"])  # every resample fits the point fit's budgets, or is degenerate
-    return lambda sample: chinchilla.fit_approach2(sample, window=options.window, budgets=budgets)
+    inside = options.resample != "residuals"  # see approach2_budgets: only a case resample loses its edge sizes
+    return lambda sample: chinchilla.fit_approach2(sample, window=options.window, budgets=budgets, inside=inside)
+
+
+def _approach2_residual_model(data, point, options):
+    return chinchilla.approach2_residual_model(data, point, options.window)
 
 
 def _frontier_point(data, options):
@@ -278,6 +289,7 @@ SPECS = {
         [("a", "N_opt ∝ C^a (parabolas in log N)"), ("b", "D_opt ∝ C^b (parabolas in log D)"),
          ("k_N", "N_opt = k_N·C^a"), ("k_D", "D_opt = k_D·C^b"), ("mean_asymmetry_N", "mean grid asymmetry in log N")],
         _approach2_point, _approach2_resample, True, _describe_approach2,
+        _approach2_residual_model, "parabola in log N",
     ),
     "3": Spec(
         "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta (L-BFGS)",
@@ -333,9 +345,26 @@ def check_approach(approach: str) -> str:
     return approach
 
 
+def check_resampling(approach: str | None, resample: str) -> None:
+    """An unknown way to resample, or (for one named approach) residuals where it has no model, is an error."""
+    if resample not in RESAMPLING:
+        raise AnalysisError(f"unknown --resample {resample!r}: choose one of {', '.join(RESAMPLING)}")
+    if approach is not None and resample == "residuals" and SPECS[check_approach(approach)].residual_model is None:
+        with_models = ", ".join(name for name, spec in SPECS.items() if spec.residual_model is not None)
+        raise AnalysisError(f"--resample residuals applies to approach {with_models} only (got --approach {approach})")
+
+
+def _resampler(spec: Spec, data: Dataset, point: dict, options: FitOptions):
+    if options.resample == "residuals" and spec.residual_model is not None:
+        fitted, leverage, strata = spec.residual_model(data, point, options)
+        return resample_residuals(data, fitted, leverage, strata, spec.residual_model_name)
+    return resample_runs(data, within_budgets=spec.within_budgets)
+
+
 def run_fit(data: Dataset, approach: str, options: FitOptions = FitOptions()) -> FitResult:
     """The point estimate, the bootstrap around it, and the result with every note on how it was made."""
     spec = SPECS[check_approach(approach)]
+    check_resampling(None, options.resample)
     if len(data) == 0:
         raise AnalysisError("no data points to fit")
     if options.objective is not None:
@@ -367,9 +396,8 @@ def run_fit(data: Dataset, approach: str, options: FitOptions = FitOptions()) ->
         result.notes.append(f"L-BFGS from {starts} of Hoffmann et al.'s 4,500 initialisations (screened by objective); "
                             "bootstrap refits warm-start from the point estimate")
     if options.n_resamples:
-        draws = bootstrap(spec.resample(point, options), data, options.n_resamples, options.seed,
-                          within_budgets=spec.within_budgets, progress=options.progress,
-                          label=f"bootstrap {approach}")
+        draws = bootstrap(spec.resample(point, options), _resampler(spec, data, point, options),
+                          options.n_resamples, options.seed, progress=options.progress, label=f"bootstrap {approach}")
         result.samples = draws.samples if draws.reliable else {}
         result.draws = draws
         result.ci = {name: draws.interval(name, options.ci_level / 100) for name in estimates}

@@ -115,7 +115,8 @@ def write_markdown(data: Dataset, fits, skipped, figures, options: FitOptions, c
         "",
         f"- source: `{data.source}` ({len(data)} runs)",
         f"- conventions: {data.conventions.describe()}",
-        f"- bootstrap: {options.n_resamples} resamples, seed {options.seed}; intervals are {options.ci_level:g}% percentile intervals",
+        f"- bootstrap: {options.n_resamples} resamples of {options.resample}, seed {options.seed}; intervals are "
+        f"{options.ci_level:g}% percentile intervals",
         f"- reproduce: `{command}`",
         "",
         "## Data",
