@@ -49,7 +49,8 @@ class BootstrapResult:
         values = self.samples.get(name)
         if not self.reliable or values is None or np.sum(np.isfinite(values)) < 2:
             return float("nan")
-        return float(np.nanstd(values, ddof=1))
+        with np.errstate(over="ignore"):  # a free scale (k_D) can run to 1e70 in a few draws: its SE is inf
+            return float(np.nanstd(values, ddof=1))
 
     def note(self, level: float = 0.95) -> str:
         text = f"{100 * level:g}% intervals: percentile bootstrap, {self.n_resamples} resamples of {self.resampled}, seed {self.seed}"
