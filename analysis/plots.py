@@ -14,6 +14,7 @@ import pathlib
 import matplotlib
 import matplotlib.cm
 import matplotlib.colors
+import matplotlib.ticker
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -314,6 +315,7 @@ def ladder_figure(fits, path, reference=()) -> pathlib.Path:
         exponents.axhline(value, color="grey", ls=style, lw=1, label=f"{label}: {value:g}")
     frontier.set_xscale("log")
     frontier.set_yscale("log")
+    frontier.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a decade's 2..9 labels collide
     frontier.set_xlabel(f"training FLOPs C (each step in its own count)")
     frontier.set_ylabel(f"N_opt ({fits[0].approach2.conventions.label('params')} params)")
     frontier.set_title("Compute-optimal size per step (approach 2)", fontsize=10)
