@@ -254,18 +254,21 @@ def fit_approach2(data: Dataset, window: int | None = None, budgets: tuple[float
 def approach2_residual_model(data: Dataset, point: dict, window: int | None = None):
     """(fitted, leverage, strata) of the point fit's parabolas in log N, for the residual bootstrap.
 
-    Each fitted budget's rows are those its parabola used; a resample refits both parabolas (in log N and
-    in log D) to the same design with new losses. Rows of other budgets get NaN and keep their loss.
+    Each fitted budget's rows are those its parabola used, its fitted losses that parabola (the point fit's
+    `parabola_N`); a resample refits both parabolas (in log N and in log D) to the same design with new
+    losses. Rows of other budgets get NaN and keep their loss.
     """
     fitted, leverage = np.full(len(data), np.nan), np.full(len(data), np.nan)
+    parabolas = {budget["budget"]: budget["parabola_N"] for budget in point["details"]["budgets"]}
     strata = []
     for group in data.budget_groups():
-        if float(data.budget[group[0]]) not in point["details"]["fit_budgets"]:
+        label = float(data.budget[group[0]])
+        if label not in parabolas:
             continue
         rows = window_rows(data, group, window)
-        design = np.vander(np.log(data.params[rows]), 3)
-        coefficients, *_ = np.linalg.lstsq(design, data.loss[rows], rcond=None)
-        fitted[rows] = design @ coefficients
+        log_n = np.log(data.params[rows])
+        fitted[rows] = np.polyval(parabolas[label], log_n)
+        design = np.vander(log_n, 3)
         leverage[rows] = np.einsum("ij,ji->i", design, np.linalg.pinv(design))  # diagonal of the hat matrix
         strata.append(rows)
     return fitted, leverage, strata
