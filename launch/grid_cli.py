@@ -60,7 +60,10 @@ def register(commands) -> None:
     run.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
                      help="local: `isoflop train` subprocesses (default); slurm: submitit (falls back to local "
                           "subprocesses without SLURM); debug: submitit in this process")
-    run.add_argument("--max-parallel", type=positive_int, default=1, metavar="K", help="runs at a time (default 1)")
+    run.add_argument("--max-parallel", type=positive_int, default=1, metavar="K",
+                     help="runs at a time (default 1); on the local executor each gets its own 1/K of the cores")
+    run.add_argument("--no-pin", dest="pin", action="store_false",
+                     help="local runs side by side share all cores instead of one slot each (launch/cpu_slots.py)")
     run.add_argument("--only", nargs="+", metavar="RUN_ID", help="run only these cells")
     cluster = run.add_argument_group("SLURM (submitit) options, with --executor slurm")
     cluster.add_argument("--partition")
@@ -252,7 +255,7 @@ def _run(args) -> int:
         if given:
             raise ConfigError([f"{given[0]}: only used with --executor slurm (got --executor {args.executor})"])
     return runner.run_grid(grid, executor=args.executor, max_parallel=args.max_parallel, only=args.only,
-                           slurm=slurm, wait=not args.no_wait)
+                           slurm=slurm, wait=not args.no_wait, pin=args.pin)
 
 
 # ----------------------------------------------------------------------------------------- status

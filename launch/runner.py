@@ -38,6 +38,7 @@ import yaml
 from common.files import LockedError, WriteError, atomic_write
 from common.formatting import format_count, format_duration
 from common.run_contract import CONFIG_FILE, SUMMARY_FILE, ContractError, RunSummary, last_logged_step, read_summary
+from launch import cpu_slots
 from launch import status as status_lib
 from launch.plan import RATE_CONVENTION, GridPlan, PlannedRun, Resources, format_number, resolve_transfer
 from train.config import ConfigError, dump_yaml, from_dict, to_dict
@@ -264,6 +265,7 @@ class _Active:
     started: float
     handle: object  # subprocess.Popen or a submitit Job
     log: object = None
+    cores: tuple[int, ...] | None = None  # the CPU slot a pinned local run holds
 
 
 def _train_command(plan: GridPlan, run: PlannedRun) -> list[str]:
@@ -279,29 +281,50 @@ def _last_line(path: pathlib.Path) -> str:
 
 
 class _LocalBackend:
+    """`isoflop train` subprocesses; with `slots` (launch/cpu_slots.py) each holds its own cores."""
+
     name = "local"
 
-    def __init__(self, plan: GridPlan):
+    def __init__(self, plan: GridPlan, slots: list[tuple[int, ...]] | None = None):
         self.plan = plan
         self.log_dir = plan.spec.state_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.free_slots = list(slots or [])
+
+    def _environment(self, cores: tuple[int, ...] | None) -> dict:
+        env = {**os.environ, **(self.plan.spec.resources.env or {})}
+        return cpu_slots.environment(cores, env) if cores else env
+
+    def calibrate_slots(self) -> None:
+        """Measure the CPU peaks and bandwidth of each slot size (cached per usable-core count) while the
+        machine is idle, before the runs start: a run measuring them beside another would be refused the
+        cache (busy) and measure again every time."""
+        for cores in {len(cores): cores for cores in self.free_slots}.values():
+            with (self.log_dir / f"calibrate-{len(cores)}-cores.log").open("a") as log:
+                subprocess.run([sys.executable, "-m", "train.hardware"], stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=self._environment(cores),
+                               preexec_fn=cpu_slots.pin(cores), check=False)
 
     def start(self, run: PlannedRun) -> _Active:
         log_path = self.log_dir / f"{run.run_id}.log"
         log = log_path.open("a")
         command = _train_command(self.plan, run)
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        cores = self.free_slots.pop(0) if self.free_slots else None
+        where = f" (cores {','.join(map(str, cores))})" if cores else ""
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}{where}\n")
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **(self.plan.spec.resources.env or {})})
+                                   env=self._environment(cores), preexec_fn=cpu_slots.pin(cores) if cores else None)
         status_lib.start_record(status_lib.record_path(self.plan, run.run_id), executor="local", pid=process.pid)
-        return _Active(run, time.time(), process, log)
+        return _Active(run, time.time(), process, log, cores)
 
     def poll(self, active: _Active) -> dict | None:
         returncode = active.handle.poll()
         if returncode is None:
             return None
         active.log.close()
+        if active.cores:
+            self.free_slots.append(active.cores)
         run_dir = self.plan.run_dir(active.run)
         log_path = self.log_dir / f"{active.run.run_id}.log"
         error = None
@@ -408,6 +431,13 @@ def _after(job_ids: list) -> dict:
     return {"dependency": "afterok:" + ":".join(str(job_id) for job_id in job_ids)}
 
 
+def _start_order(pending: list[PlannedRun]) -> list[PlannedRun]:
+    """Side by side, the runs others wait for (sweeps, stable phases) first, then the largest first: the
+    longest-processing-time rule, so the grid does not end on one long run while the other slots idle."""
+    awaited = {run_id for run in pending for run_id in run.waits_for}
+    return sorted(pending, key=lambda run: (run.run_id not in awaited, -max(run.flops.values(), default=0.0)))
+
+
 def _next_ready(pending: list[PlannedRun], outcome: dict[str, str]) -> PlannedRun | None:
     """Take the first pending run that can start: every run it waits for has completed."""
     for run in pending:
@@ -449,8 +479,10 @@ def _raise_on_sigterm():
 
 
 def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, only: list[str] | None = None,
-             slurm: dict | None = None, wait: bool = True, stream=None) -> int:
-    """Run every selected run that is not completed. Exit code: 0 all completed, 1 some failed, 130 interrupted."""
+             slurm: dict | None = None, wait: bool = True, pin: bool = True, stream=None) -> int:
+    """Run every selected run that is not completed. Exit code: 0 all completed, 1 some failed, 130 interrupted.
+
+    `pin`: local runs side by side each get their own cores (launch/cpu_slots.py)."""
     if executor not in EXECUTORS:
         raise ConfigError([f"--executor: {executor!r} is not allowed; choose one of {', '.join(EXECUTORS)}"])
     if max_parallel < 1:
@@ -471,16 +503,23 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
             progress.skip(run, f"running elsewhere ({state.detail})")
         else:
             pending.append(run)
+    if max_parallel > 1:
+        pending = _start_order(pending)
     if not pending:
         progress.print(f"grid {plan.spec.name}: nothing to run ({progress.skipped} of {len(selected)} skipped)")
         return 0
 
-    backend = _LocalBackend(plan) if executor == "local" else _SubmititBackend(
+    slots = cpu_slots.partition(cpu_slots.usable_cores(), min(max_parallel, len(pending))) \
+        if executor == "local" and pin else None
+    backend = _LocalBackend(plan, slots) if executor == "local" else _SubmititBackend(
         plan, executor, submitit_parameters(plan.spec.resources, dict(slurm or {})), max_parallel)
-    where = f"executor {backend.name}" + (f", {max_parallel} at a time" if max_parallel > 1 else "")
+    where = f"executor {backend.name}" + (f", {max_parallel} at a time" if max_parallel > 1 else "") \
+        + (f", pinned to {cpu_slots.describe(slots)}" if slots else "")
     progress.print(f"grid {plan.spec.name}: {len(pending)} run(s) to go under {plan.spec.grid_dir} ({where})")
     if getattr(backend, "note", None):
         progress.print(f"  note: {backend.note}")
+    if slots:
+        backend.calibrate_slots()
 
     active: list[_Active] = []
     if backend.name == "slurm":
