@@ -51,8 +51,9 @@ DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's own default is 5 minutes, too short 
 
 
 def check_run_dirs(plan: GridPlan) -> None:
-    """Refuse, before anything starts, run dirs that hold a different config (the trainer would too)."""
-    problems = []
+    """Refuse, before anything starts, run dirs that hold a different config (the trainer would too):
+    one line for all of them (a renamed spec or a changed override differs in every run)."""
+    changed, foreign = [], []
     for run in plan.runs:
         saved = plan.run_dir(run) / CONFIG_FILE
         if saved.exists():
@@ -61,12 +62,23 @@ def check_run_dirs(plan: GridPlan) -> None:
             except (yaml.YAMLError, ConfigError, TypeError, AttributeError):
                 same = False
             if not same:
-                problems.append(f"run {run.run_id}: {plan.run_dir(run)} holds a run with a different config (the grid "
-                                "spec changed?); rename the grid or move that directory away")
+                changed.append(run.run_id)
         elif plan.run_dir(run).exists() and any(plan.run_dir(run).iterdir()):
-            problems.append(f"run {run.run_id}: {plan.run_dir(run)} exists and is not an isoflop run directory")
+            foreign.append(run.run_id)
+    problems = []
+    if changed:
+        problems.append(f"{_some(changed)} under {plan.spec.grid_dir}: a run with a different config is already there "
+                        "(the grid spec changed, or another experiment's runs?); rename the grid or move them away")
+    if foreign:
+        problems.append(f"{_some(foreign)} under {plan.spec.grid_dir}: not empty and not an isoflop run directory "
+                        "(no config.yaml); move it away")
     if problems:
         raise ConfigError(problems)
+
+
+def _some(run_ids: list[str], shown: int = 3) -> str:
+    more = f" and {len(run_ids) - shown} more" if len(run_ids) > shown else ""
+    return f"run {run_ids[0]}" if len(run_ids) == 1 else f"runs {', '.join(run_ids[:shown])}{more}"
 
 
 def write_plan_files(plan: GridPlan) -> None:

@@ -294,13 +294,21 @@ def test_isoflop_grid_through_submitit_local_and_debug(tmp_path, capsys):
 
 def test_changed_spec_is_refused_before_any_run(tmp_path, capsys):
     base = write_base(tmp_path)
-    spec = write_spec(tmp_path, "chg", kind="sweep", base=str(base), axes={"optimizer.learning_rate": [0.01]})
+    spec = write_spec(tmp_path, "chg", kind="sweep", base=str(base),
+                      axes={"optimizer.learning_rate": [0.01, 0.02, 0.03, 0.04, 0.05]})
     grid = plan_lib.load(spec)
-    run_dir = grid.run_dir(grid.runs[0])
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"d_model": 999}}))
+    for run in grid.runs:
+        grid.run_dir(run).mkdir(parents=True)
+        (grid.run_dir(run) / "config.yaml").write_text(yaml.safe_dump({"model": {"d_model": 999}}))
     assert main(["grid", "run", str(spec)]) == 2
-    assert "holds a run with a different config" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a run with a different config is already there" in err[0] and "and 2 more" in err[0]
+    assert not any((grid.spec.state_dir / "configs").glob("*.yaml"))  # refused before anything was written
+    (grid.run_dir(grid.runs[0]) / "config.yaml").unlink()
+    (grid.run_dir(grid.runs[0]) / "notes.txt").write_text("not a run")
+    assert main(["grid", "run", str(spec)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and f"run {grid.runs[0].run_id} under" in err[1] and "not an isoflop run directory" in err[1]
     assert main(["grid", "run", str(spec), "--partition", "gpu"]) == 2
     assert "--partition: only used with --executor slurm" in capsys.readouterr().err
 
