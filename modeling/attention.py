@@ -23,10 +23,12 @@ mha/gqa/mqa/sliding_window differ only in the number of key/value heads and the 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from modeling import attention_kinds, mup
@@ -40,38 +42,55 @@ MODULE_METHODS = ("__call__", "empty_cache")
 
 
 class KVCache(NamedTuple):
-    """A global softmax layer: K and V of positions 0 .. max_len - 1 in order (unwritten past the fill)."""
+    """A global softmax layer: K and V of positions 0 .. max_len - 1 in order (unwritten past the fill).
 
-    k: jax.Array  # [B, max_len, Hkv, hd], the compute dtype
-    v: jax.Array
+    Laid out for the two matrix-vector products of a decode step, batched over (B, Hkv), each of which
+    XLA:CPU computes with the contracted axis minor: keys [.., S, hd] for the scores K·q, values
+    transposed [.., hd, S] for Vᵀ·probabilities, so that both read the buffer where it lies. The new
+    queries attend over the buffer as it was and over their own tokens, and the buffer is written after,
+    in place. (Attending over the [B, max_len, Hkv, hd] buffer with the new tokens written into it made
+    XLA:CPU copy all of K and V in every layer at every step: over half of a batch-1 step of
+    configs/models/ladder-5.yaml; docs/INFERENCE.md.)"""
+
+    k: jax.Array  # [B, Hkv, max_len, hd], the compute dtype
+    v: jax.Array  # [B, Hkv, hd, max_len]
 
     def extend(self, k: jax.Array, v: jax.Array, positions: jax.Array):
-        """(keys and values the new queries at `positions` attend over, the position of each, the cache
-        with the new k, v written): the whole buffer, whose unwritten tail lies after every query."""
-        keys = jax.lax.dynamic_update_slice_in_dim(self.k, k.astype(self.k.dtype), positions[0], axis=1)
-        values = jax.lax.dynamic_update_slice_in_dim(self.v, v.astype(self.v.dtype), positions[0], axis=1)
-        return keys, values, jnp.arange(keys.shape[1]), KVCache(keys, values)
+        """(the keys and values held before the new tokens, the position each slot holds — < 0 where it
+        holds none yet —, the cache with the new k, v [B, T, Hkv, hd] at `positions` written)."""
+        start, slots = positions[0], jnp.arange(self.k.shape[2])
+        written = KVCache(jax.lax.dynamic_update_slice_in_dim(self.k, keys_layout(k, self.k.dtype), start, axis=2),
+                          jax.lax.dynamic_update_slice_in_dim(self.v, values_layout(v, self.v.dtype), start, axis=3))
+        return self.k, self.v, jnp.where(slots < start, slots, -1), written
 
 
 class RingKVCache(NamedTuple):
     """A local (sliding-window) layer: K and V of the last S = min(window, max_len) positions, position p
-    in slot p % S, so the cache never grows past the window however long the request."""
+    in slot p % S, so the cache never grows past the window however long the request. Laid out and read
+    as `KVCache` (a prefill longer than the ring attends over its own early tokens, which the ring then
+    no longer keeps)."""
 
-    k: jax.Array  # [B, S, Hkv, hd], the compute dtype
-    v: jax.Array
+    k: jax.Array  # [B, Hkv, S, hd], the compute dtype
+    v: jax.Array  # [B, Hkv, hd, S]
 
     def extend(self, k: jax.Array, v: jax.Array, positions: jax.Array):
-        """As `KVCache.extend`. The new queries attend over the ring as it was plus the new tokens (a
-        prefill longer than the ring needs its own early tokens); the ring then keeps the last S."""
-        size, start = self.k.shape[1], positions[0]
+        """As `KVCache.extend`; the ring keeps the last S of the new tokens."""
+        size, start = self.k.shape[2], positions[0]
         held = start - 1 - jnp.mod(start - 1 - jnp.arange(size), size)  # latest p < start in each slot; < 0: empty
-        keys = jnp.concatenate([self.k, k.astype(self.k.dtype)], axis=1)
-        values = jnp.concatenate([self.v, v.astype(self.v.dtype)], axis=1)
         kept = min(k.shape[1], size)
         slots = jnp.mod(positions[-kept:], size)
-        ring = RingKVCache(self.k.at[:, slots].set(k[:, -kept:].astype(self.k.dtype)),
-                           self.v.at[:, slots].set(v[:, -kept:].astype(self.v.dtype)))
-        return keys, values, jnp.concatenate([held, positions]), ring
+        k, v = keys_layout(k[:, -kept:], self.k.dtype), values_layout(v[:, -kept:], self.v.dtype)
+        return self.k, self.v, held, RingKVCache(self.k.at[:, :, slots].set(k), self.v.at[..., slots].set(v))
+
+
+def keys_layout(k: jax.Array, dtype) -> jax.Array:
+    """Keys [B, T, Hkv, hd] as the cache holds them, [B, Hkv, T, hd] (only the T new tokens move)."""
+    return jnp.swapaxes(k, 1, 2).astype(dtype)
+
+
+def values_layout(v: jax.Array, dtype) -> jax.Array:
+    """Values [B, T, Hkv, hd] as the cache holds them, [B, Hkv, hd, T]."""
+    return jnp.transpose(v, (0, 2, 3, 1)).astype(dtype)
 
 
 class LinearState(NamedTuple):
@@ -152,7 +171,8 @@ class SoftmaxAttention(nnx.Module):
     `model.attention_impl` swaps in the block-causal kernel of modeling/causal_attention.py (the CPU
     default), which computes the same function with about half the work. With a cache, a global layer
     keeps K/V in a buffer of max_len positions (a jit-stable shape), a local one in a ring of `window`,
-    and the new queries attend over it through a mask (unwritten, future and out-of-window keys hidden).
+    and the new queries attend over it and their own tokens through a mask (unwritten, future and
+    out-of-window keys hidden).
     A variant that changes only the scores overrides `attend` and `attend_visible`.
     """
 
@@ -168,13 +188,23 @@ class SoftmaxAttention(nnx.Module):
         q = mup.scale(q, self.query_multiplier)
         if cache is None:
             return self.proj.project_out(self.attend(q, k, v)), None
-        keys, values, key_pos, cache = cache.extend(k, v, positions)
+        past_k, past_v, past_pos, cache = cache.extend(k, v, positions)
+        if isinstance(cache, KVCache) and x.shape[1] > 1:
+            # A prefill over a global buffer: the written buffer holds every key it needs (max_len keys
+            # rather than max_len + T), and it is copied once per request anyway (attend_visible).
+            keys, values, key_pos = (cache.k,), (cache.v,), jnp.arange(cache.k.shape[2])
+        else:
+            # A decode step (or a ring): the cache as it was, read before it is written in place, and
+            # the new tokens themselves.
+            keys = (past_k, keys_layout(k, q.dtype))
+            values = (past_v, values_layout(v, q.dtype))
+            key_pos = jnp.concatenate([past_pos, positions])
+        keys, values = tuple(b.astype(q.dtype) for b in keys), tuple(b.astype(q.dtype) for b in values)
         query_pos, key_pos = positions[:, None], key_pos[None, :]
         visible = (key_pos <= query_pos) & (key_pos >= 0)
         if self.window is not None:
             visible &= key_pos > query_pos - self.window
-        heads = self.attend_visible(q, keys.astype(q.dtype), values.astype(q.dtype), visible)
-        return self.proj.project_out(heads), cache
+        return self.proj.project_out(self.attend_visible(q, keys, values, visible)), cache
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         """Causal (and windowed) attention over one whole sequence: heads [B,T,H,hd]."""
@@ -183,17 +213,45 @@ class SoftmaxAttention(nnx.Module):
         window = None if self.window is None else (self.window - 1, 0)
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
 
-    def attend_visible(self, q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
-        """Attention of new queries over cached keys; `visible` [t, keys] says which keys count."""
-        return jax.nn.dot_product_attention(q, k, v, mask=visible[None, None])
+    def attend_visible(self, q: jax.Array, keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...],
+                       visible: jax.Array, scale: float | None = None) -> jax.Array:
+        """Attention of new queries q [B,T,H,hd] over blocks of keys [B,Hkv,S_i,hd] and values
+        [B,Hkv,hd,S_i] (`KVCache`'s layout: the cache as it was, then the new tokens); `visible`
+        [T, ΣS_i] says which keys count. Heads [B,T,H,hd]: what `jax.nn.dot_product_attention`
+        computes (fp32 logits and softmax, `scale` default 1/sqrt(hd), each K/V head shared by its group
+        of query heads).
+
+        A one-token step multiplies each block by a vector, one product per block in the cache's layout,
+        so that nothing the size of the cache is copied; a prefill's many queries make matrix products,
+        for which XLA's own attention (keys and values gathered into [B, ΣS_i, Hkv, hd] once per
+        request) is faster on CPU (docs/INFERENCE.md)."""
+        if q.shape[1] > 1:
+            k = jnp.concatenate([jnp.swapaxes(block, 1, 2) for block in keys], axis=1)
+            v = jnp.concatenate([jnp.transpose(block, (0, 3, 1, 2)) for block in values], axis=1)
+            return jax.nn.dot_product_attention(q, k, v, mask=visible[None, None], scale=scale)
+        batch, length, heads, dim = q.shape
+        kv_heads = keys[0].shape[1]
+        grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, dim)
+        precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+        product = functools.partial(jnp.einsum, precision=precision, preferred_element_type=jnp.float32)
+        logits = jnp.concatenate([product("btkgd,bksd->bkgts", grouped, block) for block in keys], axis=-1)
+        logits = logits * jnp.float32(dim ** -0.5 if scale is None else scale)
+        probs = jax.nn.softmax(jnp.where(visible, logits, jnp.finfo(jnp.float32).min), axis=-1)
+        probs = jnp.split(probs.astype(q.dtype), np.cumsum([block.shape[2] for block in keys[:-1]]), axis=-1)
+        heads_out = sum(product("bkgts,bkds->btkgd", p, block) for p, block in zip(probs, values))
+        return heads_out.reshape(batch, length, heads, dim).astype(q.dtype)
 
     def empty_cache(self, batch_size: int, max_len: int, dtype) -> KVCache | RingKVCache:
         """Only the n_kv_heads K/V heads are cached (GQA/MQA's saving); a local layer only its window."""
         if self.window is None:
-            shape = (batch_size, max_len, self.proj.kv_heads, self.proj.head_dim)
-            return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-        shape = (batch_size, min(self.window, max_len), self.proj.kv_heads, self.proj.head_dim)
-        return RingKVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+            return KVCache(*self._zeros(batch_size, max_len, dtype))
+        return RingKVCache(*self._zeros(batch_size, min(self.window, max_len), dtype))
+
+    def _zeros(self, batch_size: int, positions: int, dtype) -> tuple[jax.Array, jax.Array]:
+        """Unwritten keys and values for `positions` positions, in `KVCache`'s layout."""
+        heads, dim = self.proj.kv_heads, self.proj.head_dim
+        return (jnp.zeros((batch_size, heads, positions, dim), dtype),
+                jnp.zeros((batch_size, heads, dim, positions), dtype))
 
 
 FEATURE_MAPS: dict[str, Callable[[jax.Array], jax.Array]] = {

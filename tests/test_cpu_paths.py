@@ -179,6 +179,23 @@ def test_real_measurements_time_every_candidate():
     assert list(seconds) == cpu_paths.BF16_CANDIDATES and all(0 < t < 10 for t in seconds.values())
 
 
+def test_the_cpu_xla_flag_is_added_before_the_backend_starts_and_never_over_the_users(monkeypatch):
+    monkeypatch.setattr(runtime, "_backend_started", lambda: False)
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert runtime._add_cpu_xla_flag(env).startswith(f"isoflop added {runtime.CPU_XLA_FLAG}")
+    assert env["XLA_FLAGS"] == f"{runtime.CPU_XLA_FLAG} --xla_force_host_platform_device_count=8"
+    assert "names the copy-insertion flag itself" in runtime._add_cpu_xla_flag(env)  # a second call adds nothing
+    assert env["XLA_FLAGS"].count("copy_insertion") == 1
+    off = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_copy_insertion_use_region_analysis=false"}
+    runtime._add_cpu_xla_flag(off)
+    assert off["XLA_FLAGS"] == "--xla_cpu_copy_insertion_use_region_analysis=false"  # the user's choice wins
+    accelerator = {"JAX_PLATFORMS": "tpu"}
+    assert "accelerator backend" in runtime._add_cpu_xla_flag(accelerator) and "XLA_FLAGS" not in accelerator
+    monkeypatch.setattr(runtime, "_backend_started", lambda: True)
+    late = {"JAX_PLATFORMS": "cpu"}
+    assert "too late" in runtime._add_cpu_xla_flag(late) and "XLA_FLAGS" not in late
+
+
 def test_block_candidates_keep_two_to_eight_blocks():
     assert cpu_paths.attention_candidates(16) == ["xla", "blocked 16"]
     assert cpu_paths.attention_candidates(512) == ["xla", "blocked 64", "blocked 128", "blocked 256"]
@@ -187,13 +204,15 @@ def test_block_candidates_keep_two_to_eight_blocks():
 
 def test_host_runtime_says_what_is_in_effect(monkeypatch):
     monkeypatch.setattr(runtime, "_outcome", None)
+    monkeypatch.setattr(runtime, "_flag_outcome", None)
     facts = runtime.host_runtime({"XLA_FLAGS": "--xla_cpu_use_onednn=true", "MALLOC_ARENA_MAX": "1"})
     assert facts["xla_flags"]["value"] == "--xla_cpu_use_onednn=true"
     allocator = facts["host_allocator"]
     assert allocator["value"] == "environment" and "MALLOC_ARENA_MAX=1" in allocator["reason"]
     facts = runtime.host_runtime({})
-    assert facts["xla_flags"]["value"] == "none" and facts["xla_flags"]["reason"].startswith("fixed: isoflop sets none")
+    assert facts["xla_flags"]["value"] == "none" and "was not called" in facts["xla_flags"]["reason"]
     assert "was not called" in facts["host_allocator"]["reason"]
+    monkeypatch.setattr(runtime, "_flag_outcome", "decided")  # keep this process's XLA_FLAGS as they are
     assert runtime.configure_host_runtime("system") is None
     assert runtime.host_runtime({})["host_allocator"] == {"value": "system",
                                                           "reason": "ISOFLOP_HOST_ALLOCATOR=system: glibc's defaults"}

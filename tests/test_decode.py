@@ -81,18 +81,21 @@ def test_the_window_really_forgets():
 
 def test_cache_layout():
     """GQA caches only its n_kv_heads; a local layer a ring of `window` positions, a global one max_len;
-    linear attention a state whose size does not depend on max_len."""
+    linear attention a state whose size does not depend on max_len. Keys [B, Hkv, S, hd], values
+    [B, Hkv, hd, S] (the layout decoding reads without copying)."""
     batch, max_len = 3, 20
     gqa = Transformer(cfg_of("gqa"), nnx.Rngs(0)).empty_cache(batch, max_len)
     assert isinstance(gqa, Cache) and int(gqa.end) == 0 and gqa.end.dtype == np.int32
     assert all(isinstance(layer, KVCache) for layer in gqa.layers)
-    assert gqa.layers[0].k.shape == (batch, max_len, 2, BASE.d_model // BASE.n_heads)
+    head_dim = BASE.d_model // BASE.n_heads
+    assert gqa.layers[0].k.shape == (batch, 2, max_len, head_dim)
+    assert gqa.layers[0].v.shape == (batch, 2, head_dim, max_len)
 
     local, global_ = Transformer(cfg_of("sliding_window-local-global"), nnx.Rngs(0)).empty_cache(batch, max_len).layers
-    assert isinstance(local, RingKVCache) and local.k.shape == (batch, WINDOW, BASE.n_heads, 8)
-    assert isinstance(global_, KVCache) and global_.v.shape == (batch, max_len, BASE.n_heads, 8)
+    assert isinstance(local, RingKVCache) and local.k.shape == (batch, BASE.n_heads, WINDOW, 8)
+    assert isinstance(global_, KVCache) and global_.v.shape == (batch, BASE.n_heads, 8, max_len)
     short = Transformer(cfg_of("sliding_window-all-local"), nnx.Rngs(0)).empty_cache(batch, WINDOW - 1)
-    assert short.layers[0].k.shape[1] == WINDOW - 1  # a request shorter than the window needs no more
+    assert short.layers[0].k.shape[2] == WINDOW - 1  # a request shorter than the window needs no more
 
     linear = Transformer(cfg_of("linear"), nnx.Rngs(0))
     state = linear.empty_cache(batch, max_len).layers[0]

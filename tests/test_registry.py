@@ -31,8 +31,8 @@ class MupAttention(SoftmaxAttention):
     def attend(self, q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=1.0 / q.shape[-1])
 
-    def attend_visible(self, q, k, v, visible):
-        return jax.nn.dot_product_attention(q, k, v, mask=visible[None, None], scale=1.0 / q.shape[-1])
+    def attend_visible(self, q, keys, values, visible):
+        return super().attend_visible(q, keys, values, visible, scale=1.0 / q.shape[-1])
 
 
 def _mup_xla_cost(cfg, layer, seq_len, backend):

@@ -19,10 +19,17 @@ contention is negligible); "system" leaves glibc's defaults; "auto" (default) = 
 will use the CPU backend, per JAX_PLATFORMS or, when unset, the absence of an accelerator plugin.
 A no-op where the C library is not glibc.
 
+On the CPU backend it also adds one XLA flag, `CPU_XLA_FLAG` (unless XLA_FLAGS already name it):
+copy insertion with region-based live ranges, which XLA:GPU uses by default. Without it XLA:CPU copies
+every donated buffer that a step reads before updating it in place, twice: all of the KV cache at every
+decode step (a batch-64 decode step of configs/models/ladder-5.yaml 136 -> 73 ms; docs/INFERENCE.md).
+Training steps are unchanged by it (shape A 688/692 ms without, 667/684 ms with). The other XLA:CPU
+flags tried (oneDNN, XNNPACK off, YNN/oneDNN fusion types, 512-bit vectors) moved step time within
++-5% noise (docs/PERFORMANCE.md), and XLA reads its flags once at backend start, so none is chosen per run.
+
 `host_runtime()` says which of these process-start settings is in effect and why, for the run's
 `host_paths` (train/cpu_paths.py): the allocator as configured here (or as the environment set it), and
-XLA_FLAGS as the environment gave them. isoflop sets no XLA flags: none of those tried gained anything
-(docs/PERFORMANCE.md), and XLA reads them once at backend start, so they cannot be chosen per run.
+XLA_FLAGS as they stand, with what isoflop added.
 """
 
 from __future__ import annotations
@@ -70,21 +77,23 @@ _KEEP_WHAT = "one glibc arena, no mmap for large blocks, no heap trimming"
 _KEEP = f"host allocator: {_KEEP_WHAT}"
 _outcome: tuple[str, str] | None = None  # (value, reason) of this process's configure_host_runtime()
 _MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-XLA_FLAGS_REASON = ("fixed: isoflop sets none. The XLA:CPU flags tried (oneDNN, XNNPACK off, YNN/oneDNN fusion"
-                    " types, 512-bit vectors) moved step time within +-5% noise (docs/PERFORMANCE.md), and XLA reads"
-                    " its flags once at backend start, so they are not chosen per run")
+CPU_XLA_FLAG = "--xla_cpu_copy_insertion_use_region_analysis=true"
+_flag_outcome: str | None = None  # why XLA_FLAGS are what they are, once configure_host_runtime() decided
 
 
 def configure_host_runtime(mode: str | None = None) -> str | None:
-    """Apply the host allocator setting (see module docstring); returns what was done, or None.
+    """Apply the host allocator setting and the CPU XLA flag (see module docstring); returns what was done
+    to the allocator, or None.
 
     `mode` defaults to $ISOFLOP_HOST_ALLOCATOR, else "auto". Call once, first thing in an entry point.
     What it decided, and why, is kept for `host_runtime()` (the run's `host_paths`).
     """
-    global _outcome
+    global _outcome, _flag_outcome
     mode = mode or os.environ.get(ENV_VAR, "auto")
     if mode not in MODES:
         raise ValueError(f"{ENV_VAR}: {mode!r} is not one of {', '.join(MODES)}")
+    if _flag_outcome is None:
+        _flag_outcome = _add_cpu_xla_flag(os.environ)
     if _outcome is None or _outcome[0] != "keep":  # once made, the settings hold for the process's lifetime
         _outcome = _apply(mode)
     return _KEEP if _outcome[0] == "keep" else None
@@ -109,6 +118,23 @@ def _apply(mode: str) -> tuple[str, str]:
                     " heap instead of being page-faulted in every step (docs/PERFORMANCE.md)")
 
 
+def _add_cpu_xla_flag(environ) -> str:
+    """Put `CPU_XLA_FLAG` in environ's XLA_FLAGS when the CPU backend is expected and not started yet;
+    the reason for XLA_FLAGS as they then stand."""
+    name = CPU_XLA_FLAG.split("=")[0]
+    given = environ.get("XLA_FLAGS", "").strip()
+    if name in given:
+        return "from the environment, which names the copy-insertion flag itself (XLA reads it at backend start)"
+    if not cpu_backend_expected(environ):
+        return "from the environment; an accelerator backend is expected, so isoflop added nothing"
+    if _backend_started():
+        return "from the environment: JAX's backend started before configure_host_runtime(), too late to add any"
+    environ["XLA_FLAGS"] = " ".join([CPU_XLA_FLAG] + ([given] if given else []))
+    return (f"isoflop added {CPU_XLA_FLAG} for the CPU backend: no copies of a donated buffer read before it is"
+            " updated in place, as the KV cache of every decode step (train/runtime.py)"
+            + ("; the rest from the environment" if given else ""))
+
+
 def host_runtime(environ=os.environ) -> dict:
     """The process-start settings in effect and why: the allocator and the XLA flags ({value, reason} each)."""
     if _outcome is not None:
@@ -119,7 +145,7 @@ def host_runtime(environ=os.environ) -> dict:
         reason = ("configure_host_runtime() was not called by this entry point; "
                   + (f"set in the environment: {' '.join(env)}" if env else "glibc's defaults"))
     flags = environ.get("XLA_FLAGS", "").strip()
+    flag_reason = _flag_outcome or ("configure_host_runtime() was not called by this entry point; "
+                                    + ("from the environment (XLA reads it at backend start)" if flags else "none set"))
     return {"host_allocator": {"value": value, "reason": reason},
-            "xla_flags": {"value": flags or "none",
-                          "reason": "from the environment (XLA reads it at backend start)" if flags
-                          else XLA_FLAGS_REASON}}
+            "xla_flags": {"value": flags or "none", "reason": flag_reason}}
