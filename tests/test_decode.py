@@ -1,8 +1,12 @@
 """Decoding is the training forward pass with a cache: prefill plus cached steps reproduce the full forward's
-logits for every attention kind (ring-buffer wrap-around included), jitted and eager, and the cache holds
-exactly the arrays the layout and the accounting say."""
+logits for every attention kind (ring-buffer wrap-around included), jitted and eager, the cache holds
+exactly the arrays the layout and the accounting say, and a decode step writes it in place."""
 
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +17,7 @@ from modeling import accounting
 from modeling.attention import KVCache, LinearState, RingKVCache
 from modeling.config import ModelConfig
 from modeling.transformer import Cache, Transformer
+from train.runtime import CPU_XLA_FLAG
 
 BASE = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32)
 WINDOW = 4
@@ -119,3 +124,32 @@ def test_learned_positions_bound_the_cache():
     model = Transformer(cfg_of("mqa"), nnx.Rngs(0))
     with pytest.raises(ValueError, match="max_len: 33 exceeds model.max_seq_len=32"):
         model.empty_cache(1, BASE.max_seq_len + 1)
+
+
+IN_PLACE_PROBE = """
+import re, jax, jax.numpy as jnp
+from flax import nnx
+from modeling.config import ModelConfig
+from modeling.transformer import Transformer
+from train.bench_infer import _steps
+cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=32, attention="gqa",
+                  n_kv_heads=2)
+model = Transformer(cfg, nnx.Rngs(0))
+state, step = _steps(model)
+cache = model.empty_cache(1, 32)
+text = step.lower(state, jax.ShapeDtypeStruct((1, 1), jnp.int32), cache).compile().as_text()
+shapes = {f"f32[{','.join(map(str, leaf.shape))}]" for leaf in jax.tree.leaves(cache.layers)}
+copies = [line for line in text.splitlines() if re.search(r"= f32\\[[0-9,]*\\]\\S* copy\\(", line)
+          and any(shape in line for shape in shapes)]
+print(len(copies))
+"""
+
+
+def test_a_decode_step_writes_its_cache_in_place():
+    """With the flag the CLI sets on CPU (train/runtime.py), the compiled one-token step copies no cache
+    buffer: it reads the cache as it was and writes the new token where it lies (docs/INFERENCE.md)."""
+    env = {**os.environ, "XLA_FLAGS": CPU_XLA_FLAG, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", IN_PLACE_PROBE], env=env, capture_output=True, text=True,
+                            timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "0"

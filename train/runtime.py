@@ -20,7 +20,7 @@ will use the CPU backend, per JAX_PLATFORMS or, when unset, the absence of an ac
 A no-op where the C library is not glibc.
 
 On the CPU backend it also adds one XLA flag, `CPU_XLA_FLAG` (unless XLA_FLAGS already name it):
-copy insertion with region-based live ranges, which XLA:GPU uses by default. Without it XLA:CPU copies
+copy insertion with region-based live ranges. Without it XLA:CPU copies
 every donated buffer that a step reads before updating it in place, twice: all of the KV cache at every
 decode step (a batch-64 decode step of configs/models/ladder-5.yaml 136 -> 73 ms; docs/INFERENCE.md).
 Training steps are unchanged by it (shape A 688/692 ms without, 667/684 ms with). The other XLA:CPU
