@@ -46,11 +46,11 @@ class KVCache(NamedTuple):
 
     Laid out for the two matrix-vector products of a decode step, batched over (B, Hkv), each of which
     XLA:CPU computes with the contracted axis minor: keys [.., S, hd] for the scores K·q, values
-    transposed [.., hd, S] for Vᵀ·probabilities, so that both read the buffer where it lies. The new
-    queries attend over the buffer as it was and over their own tokens, and the buffer is written after,
-    in place. (Attending over the [B, max_len, Hkv, hd] buffer with the new tokens written into it made
-    XLA:CPU copy all of K and V in every layer at every step: over half of a batch-1 step of
-    configs/models/ladder-5.yaml; docs/INFERENCE.md.)"""
+    transposed [.., hd, S] for Vᵀ·probabilities, so that both read the buffer where it lies. A decode
+    step attends over the buffer as it was and over its own tokens, and the buffer is written after, in
+    place; a prefill attends over the written buffer (`SoftmaxAttention.__call__`). (The projections'
+    [B, max_len, Hkv, hd] layout made XLA:CPU transpose-copy all of K and V in every layer at every step:
+    over half of a batch-1 step of configs/models/ladder-5.yaml; docs/INFERENCE.md.)"""
 
     k: jax.Array  # [B, Hkv, max_len, hd], the compute dtype
     v: jax.Array  # [B, Hkv, hd, max_len]
