@@ -19,10 +19,9 @@ contention is negligible); "system" leaves glibc's defaults; "auto" (default) = 
 will use the CPU backend, per JAX_PLATFORMS or, when unset, the absence of an accelerator plugin.
 A no-op where the C library is not glibc.
 
-On the CPU backend it also adds one XLA flag, `CPU_XLA_FLAG` (unless XLA_FLAGS already name it):
-copy insertion with region-based live ranges. Without it XLA:CPU copies
-every donated buffer that a step reads before updating it in place, twice: all of the KV cache at every
-decode step (a batch-64 decode step of configs/models/ladder-5.yaml 136 -> 73 ms; docs/INFERENCE.md).
+On the CPU backend it also adds one XLA flag, `CPU_XLA_FLAG` (unless XLA_FLAGS already name it): copy
+insertion with region-based live ranges. Without it XLA:CPU copies every donated buffer that a step
+reads before updating it in place, twice: all of the KV cache at every decode step (a batch-64 decode step of configs/models/ladder-5.yaml 136 -> 73 ms; docs/INFERENCE.md).
 Training steps are unchanged by it (shape A 688/692 ms without, 667/684 ms with). The other XLA:CPU
 flags tried (oneDNN, XNNPACK off, YNN/oneDNN fusion types, 512-bit vectors) moved step time within
 +-5% noise (docs/PERFORMANCE.md), and XLA reads its flags once at backend start, so none is chosen per run.
