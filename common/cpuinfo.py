@@ -3,13 +3,15 @@
 Jax-free and read one way for everyone: `modeling/precision.py` asks whether the CPU has native bf16
 dot instructions (which kernel an fp32-result bf16 matmul runs), `train/hardware.py` keys its
 calibration caches by the identity and computes the nominal peak from the flags and clock, and
-`train/cpu_paths.py` records what the host offers beside the paths it chose.
+`train/cpu_paths.py` records what the host offers beside the paths it chose; the cores the process
+may use are counted here too (the grid's CPU slots, the calibration key, the split of one-row products).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import pathlib
 
 PROC_CPUINFO = "/proc/cpuinfo"
@@ -83,6 +85,14 @@ def host() -> CpuInfo:
     return read()
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on, in order (all of them where affinity is not available): what
+    XLA's CPU thread pool is sized by, and what a pinned grid slot (launch/cpu_slots.py) narrows."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def native_bf16(info: CpuInfo) -> bool | None:
     """Whether the CPU multiplies bf16 in hardware; None when its flags are unknown (not x86/Arm Linux)."""
     if not info.flags:
@@ -95,4 +105,4 @@ def simd_flags(info: CpuInfo) -> list[str]:
     return [flag for flag in SIMD_FLAGS if flag in info.flags]
 
 
-__all__ = ["CpuInfo", "NATIVE_BF16_FLAGS", "SIMD_FLAGS", "host", "native_bf16", "parse", "read", "simd_flags"]
+__all__ = ["CpuInfo", "NATIVE_BF16_FLAGS", "SIMD_FLAGS", "host", "native_bf16", "parse", "read", "simd_flags", "usable_cores"]

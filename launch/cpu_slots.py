@@ -22,13 +22,6 @@ XLA_FLAGS = "XLA_FLAGS"
 SINGLE_CORE_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 
-def usable_cores() -> list[int]:
-    """The cores this process may run on, in order (all of them where affinity is not available)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
 def partition(cores: list[int], slots: int) -> list[tuple[int, ...]] | None:
     """`slots` disjoint, contiguous groups of `cores` whose sizes differ by at most one; None when there
     are fewer cores than slots (runs then share the cores, unpinned)."""
@@ -63,4 +56,4 @@ def describe(groups: list[tuple[int, ...]]) -> str:
     return ", ".join("cores " + ",".join(map(str, group)) for group in groups)
 
 
-__all__ = ["describe", "environment", "partition", "pin", "usable_cores"]
+__all__ = ["describe", "environment", "partition", "pin"]

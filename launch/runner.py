@@ -35,6 +35,7 @@ import traceback
 
 import yaml
 
+from common import cpuinfo
 from common.files import LockedError, WriteError, atomic_write
 from common.formatting import format_count, format_duration
 from common.run_contract import CONFIG_FILE, SUMMARY_FILE, ContractError, RunSummary, last_logged_step, read_summary
@@ -521,7 +522,7 @@ def run_grid(plan: GridPlan, *, executor: str = "local", max_parallel: int = 1, 
         progress.print(f"grid {plan.spec.name}: nothing to run ({progress.skipped} of {len(selected)} skipped)")
         return 0
 
-    slots = cpu_slots.partition(cpu_slots.usable_cores(), min(max_parallel, len(pending))) \
+    slots = cpu_slots.partition(cpuinfo.usable_cores(), min(max_parallel, len(pending))) \
         if executor == "local" and pin else None
     backend = _LocalBackend(plan, slots) if executor == "local" else _SubmititBackend(
         plan, executor, submitit_parameters(plan.spec.resources, dict(slurm or {})), max_parallel)

@@ -23,6 +23,7 @@ FEATURE_MAPS = ("elu1", "relu")
 ATTENTION_IMPLS = ("auto", "xla", "blocked")
 BF16_MATMULS = ("auto", "xla", "f32_result")
 WEIGHT_GRADS = ("auto", "xla", "small_transpose")
+MATVECS = ("auto", "xla", "split_k")
 LAYER_STACKS = ("unrolled", "scan")
 # Which linear layers carry a bias: none; qkv = the q/k/v projections only (Qwen2); all = every one (GPT-2).
 BIAS_KINDS = {"none": (), "qkv": ("qkv",), "all": ("qkv", "out", "ffn")}
@@ -118,6 +119,12 @@ class ModelConfig:
     # XLA:CPU transposes the smaller one: its copy of a [tokens, d_ff] activation's transpose was a quarter
     # of configs/bench/shape-a.yaml's fp32 step. auto: small_transpose on CPU, else xla.
     weight_grad: str = "auto"
+    # matvec (dense layers given one row: a batch-1 decode step): "xla" = one product, which XLA:CPU runs
+    # on one thread; "split_k" = the contraction split into one block per core of the CPU device, as one
+    # batched product that XLA:CPU spreads over its threads, partial sums added in fp32
+    # (modeling/matvec.py): ladder-5's batch-1 decode step 6.1 -> 4.3 ms on 2 cores. auto: split_k on
+    # CPU, else xla.
+    matvec: str = "auto"
     # layer_stack: "unrolled" = one traced and compiled copy of every layer (XLA may fuse and schedule
     # across layer boundaries); "scan" = the layers' parameters stacked on a leading "layers" axis and
     # applied by one nnx.scan, so tracing and compilation cost one period of layers whatever the depth,
@@ -192,6 +199,7 @@ def _choices(cfg: ModelConfig) -> list[str]:
                            ("norm", NORM_KINDS), ("position", POSITION_KINDS), ("precision", PRECISION_KINDS),
                            ("remat", REMAT_KINDS), ("linear_feature_map", FEATURE_MAPS),
                            ("attention_impl", ATTENTION_IMPLS), ("bf16_matmul", BF16_MATMULS), ("weight_grad", WEIGHT_GRADS),
+                           ("matvec", MATVECS),
                            ("bias", tuple(BIAS_KINDS)), ("layer_stack", LAYER_STACKS),
                            ("parameterization", PARAMETERIZATIONS)):
         problems += one_of(f"model.{field}", getattr(cfg, field), allowed)

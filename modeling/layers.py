@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.config import ModelConfig
+from modeling.matvec import split_k_matvec, split_parts
 from modeling.mup import hidden_init_std
 from modeling.precision import (WEIGHT_GRAD_AUTO, f32_result_matmul, fp8_dot_general, policy, resolve_for_backend,
                                 small_transpose_matmul)
@@ -23,15 +24,25 @@ from modeling.sharding import with_axes
 
 class Dense(nnx.Linear):
     """nnx.Linear (same parameters) whose bf16 matmuls may take the f32-result path of `model.bf16_matmul`
-    (bf16 operands, fp32 accumulation and bias add, one cast to bf16) and whose fp32 matmuls may take the
-    weight gradient of `model.weight_grad` (modeling/precision.py)."""
+    (bf16 operands, fp32 accumulation and bias add, one cast to bf16), whose fp32 matmuls may take the
+    weight gradient of `model.weight_grad` (modeling/precision.py), and whose one-row products (a batch-1
+    decode step) may be split over the CPU's cores by `model.matvec` (modeling/matvec.py)."""
 
-    def __init__(self, *args, bf16_matmul: str = "xla", weight_grad: str = "xla", **kwargs):
+    def __init__(self, *args, bf16_matmul: str = "xla", weight_grad: str = "xla", matvec: str = "xla",
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.bf16_matmul = bf16_matmul
         self.weight_grad = weight_grad
+        self.matvec = matvec
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if math.prod(inputs.shape[:-1]) == 1 and out_sharding is None:
+            parts = split_parts(self.matvec, self.in_features)
+            if parts > 1:
+                dtype = self.dtype or jnp.result_type(inputs, self.kernel[...])
+                y = split_k_matvec(inputs.astype(dtype), self.kernel[...].astype(dtype), parts)
+                y = y if self.bias is None else y + self.bias[...].astype(jnp.float32)
+                return y.astype(dtype)
         if (self.dtype == jnp.bfloat16 and out_sharding is None
                 and resolve_for_backend(self.bf16_matmul, cpu="f32_result", other="xla") == "f32_result"):
             bias = None if self.bias is None else self.bias[...]
@@ -62,7 +73,8 @@ def dense(cfg: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs,
                   bias_init=with_axes(nnx.initializers.zeros, axes[1]), rngs=rngs)
     if prec.fp8_matmuls:
         return nnx.Linear(in_features, out_features, dot_general=fp8_dot_general, **common)
-    return Dense(in_features, out_features, bf16_matmul=cfg.bf16_matmul, weight_grad=cfg.weight_grad, **common)
+    return Dense(in_features, out_features, bf16_matmul=cfg.bf16_matmul, weight_grad=cfg.weight_grad,
+                 matvec=cfg.matvec, **common)
 
 
 def norm(cfg: ModelConfig, features: int, rngs: nnx.Rngs) -> nnx.Module:

@@ -10,7 +10,7 @@ from flax import nnx
 import common.warn
 from common.run_contract import read_summary
 from common.validation import ConfigError
-from modeling import accounting
+from modeling import accounting, matvec
 from modeling.config import ModelConfig
 from modeling.transformer import Transformer
 from test_generate import CHECKPOINT_STEP, TINY, make_run_dir
@@ -92,9 +92,10 @@ def fake_machine(monkeypatch, tmp_path):
     common.warn.reset()
 
 
-TOP_FIELDS = {"prompt_len", "gen_len", "repeats", "attention", "n_heads", "n_kv_heads", "precision", "params",
+TOP_FIELDS = {"prompt_len", "gen_len", "repeats", "attention", "n_heads", "n_kv_heads", "precision", "matvec", "params",
               "platform", "device_kind", "memory_bandwidth_bytes_per_second", "memory_bandwidth_source",
-              "peak_flops_per_second", "peak_flops_source", "load_average_1m_before", "measured_at", "results"}
+              "peak_flops_per_second", "peak_flops_source", "load_average_1m_before", "host_runtime", "measured_at",
+              "results"}
 ROW_FIELDS = {
     "batch_size", "compile_and_warmup_seconds", "time_to_first_token_seconds", "prefill_tokens_per_second",
     "prefill_model_flops", "prefill_mfu", "decode_latency_seconds_median", "decode_latency_seconds_p90",
@@ -112,6 +113,7 @@ def test_bench_reports_every_field_consistently(fake_machine):
     assert set(result) == TOP_FIELDS and [row["batch_size"] for row in result["results"]] == [1, 2]
     assert result["memory_bandwidth_bytes_per_second"] == 2e10
     assert result["memory_bandwidth_source"].startswith("measured: ")
+    assert result["matvec"] == {"value": "split_k", "cores_per_device": matvec.cores_per_device()}  # CPU's auto
     json.dumps(result, allow_nan=False)  # plain JSON
     for row in result["results"]:
         assert set(row) == ROW_FIELDS

@@ -13,7 +13,7 @@ import common.warn
 from analysis.synthetic import run_summary
 from common import cpuinfo
 from common.run_contract import SUMMARY_FILE, read_summary, write_summary
-from modeling import precision
+from modeling import matvec, precision
 from modeling.config import ModelConfig
 from train import bench, cpu_paths, hardware, runtime, step_profile
 
@@ -122,6 +122,15 @@ def test_fp32_and_linear_attention_leave_the_unused_knobs_alone(measured):
     assert bf16["weight_grad"]["source"] == "unused"
 
 
+def test_matvec_is_a_rule_recorded_with_its_cores(measured):
+    record = cpu_paths.resolve(MODEL, SEQ)[1]
+    assert record["matvec"]["value"] == "split_k" and record["matvec"]["source"] == "default"
+    assert "batch-1 decoding" in record["matvec"]["reason"]
+    assert f"up to {matvec.cores_per_device()} cores" in record["matvec"]["reason"]
+    explicit = cpu_paths.resolve(dataclasses.replace(MODEL, matvec="xla"), SEQ)[1]["matvec"]
+    assert explicit["value"] == "xla" and explicit["source"] == "explicit"
+
+
 def test_accelerators_keep_their_default_and_say_so(measured, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     model = dataclasses.replace(MODEL, precision="bf16_mixed")
@@ -131,6 +140,7 @@ def test_accelerators_keep_their_default_and_say_so(measured, monkeypatch):
                                         "reason": "accelerator default on gpu (auto = jax.nn.dot_product_attention)"}
     assert record["bf16_matmul"]["value"] == "xla" and "accelerator default on gpu" in record["bf16_matmul"]["reason"]
     assert record["weight_grad"]["source"] == "unused"  # bf16_mixed: the f32_result path owns its backward
+    assert record["matvec"]["value"] == "xla"  # accelerators' kernels use the whole chip already
 
 
 def test_a_failed_measurement_falls_back_to_the_static_default_with_a_warning(measured, monkeypatch, recwarn):
@@ -219,6 +229,21 @@ def test_host_runtime_says_what_is_in_effect(monkeypatch):
     monkeypatch.setattr(runtime, "_outcome", ("keep", "auto: applied at process start"))
     assert runtime.configure_host_runtime() == runtime._KEEP  # a later call (backend started) does not undo it
     assert runtime.host_runtime({})["host_allocator"]["value"] == "keep"
+
+
+def test_inference_commands_keep_glibcs_allocator(monkeypatch):
+    """`generate` and `bench infer` leave glibc's arenas alone under "auto"; every other command does not."""
+    value, reason = runtime._apply("auto", serving=True)  # returns before any mallopt call
+    assert value == "system" and "inference command" in reason
+    seen = []
+    monkeypatch.setattr(runtime, "configure_host_runtime", lambda mode=None, *, serving=False: seen.append(serving))
+    from launch.cli import main
+
+    for argv, serving in ((["bench", "infer", "--help"], True), (["generate", "--help"], True),
+                          (["bench", "train", "--help"], False), (["train", "--help"], False)):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert seen.pop() is serving, argv
 
 
 def test_the_summary_carries_host_paths_and_the_nominal_mfu(tmp_path, measured):

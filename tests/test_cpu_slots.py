@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from common import cpuinfo
 from launch import cpu_slots
 from launch.cli import main
 from train.config import CONFIG_ROOT
@@ -33,14 +34,14 @@ def test_one_core_slot_turns_eigen_threads_off_and_keeps_given_flags():
     assert cpu_slots.environment((0, 1), {"A": "1"}) == {"A": "1"}
 
 
-@pytest.mark.skipif(len(cpu_slots.usable_cores()) < 2 or not hasattr(os, "sched_setaffinity"),
+@pytest.mark.skipif(len(cpuinfo.usable_cores()) < 2 or not hasattr(os, "sched_setaffinity"),
                     reason="needs two usable cores")
 def test_local_runs_side_by_side_train_on_their_own_cores(tmp_path, capsys):
     spec = write_spec(tmp_path, "pinned", kind="sweep", base=str(write_base(tmp_path)), axes={"case": {
         "a": {"optimizer.learning_rate": 0.01}, "b": {"optimizer.learning_rate": 0.02}}})
     assert main(["grid", "run", str(spec), "--max-parallel", "2"]) == 0
     out = capsys.readouterr().out
-    first, second = cpu_slots.partition(cpu_slots.usable_cores(), 2)
+    first, second = cpu_slots.partition(cpuinfo.usable_cores(), 2)
     assert f"pinned to {cpu_slots.describe([first, second])}" in out
     logs = tmp_path / "runs" / "pinned" / "_grid" / "logs"
     held = {case: next(line for line in (logs / f"case-{case}.log").read_text().splitlines()

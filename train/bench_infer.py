@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from common.validation import ConfigError
-from modeling import accounting
+from modeling import accounting, matvec
 from modeling.accounting.flops import TRAINING_MULTIPLIER
 from modeling.accounting.memory import PRECISION_BYTES
 from modeling.accounting.params import param_breakdown
@@ -238,6 +238,7 @@ def bench_infer(model, cfg, request: Request, hardware_config=None, *, bandwidth
     """The benchmark of an initialised or restored model: machine facts once, then one row per batch size."""
     import jax
 
+    from train import runtime
     from train.hardware import compute_dtype_of, device_bandwidth, device_peak
 
     device = jax.devices()[0]
@@ -254,6 +255,7 @@ def bench_infer(model, cfg, request: Request, hardware_config=None, *, bandwidth
         "n_heads": cfg.n_heads,
         "n_kv_heads": cfg.kv_heads,
         "precision": cfg.precision,
+        "matvec": {"value": matvec.resolve(cfg.matvec), "cores_per_device": matvec.cores_per_device()},
         "params": accounting.param_counts(cfg),
         "platform": device.platform,
         "device_kind": device.device_kind,
@@ -262,6 +264,7 @@ def bench_infer(model, cfg, request: Request, hardware_config=None, *, bandwidth
         "peak_flops_per_second": peak.flops_per_second,
         "peak_flops_source": peak.source,
         "load_average_1m_before": load_before,
+        "host_runtime": runtime.host_runtime(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": rows,
     }
@@ -319,13 +322,22 @@ def record(path: pathlib.Path, result: dict) -> None:
         write_summary(path, dataclasses.replace(summary, inference=to_json_value(result)))
 
 
+def _matvec_text(described: dict | None) -> str:
+    if described is None:  # recorded before model.matvec existed
+        return "n/a"
+    if described["value"] != "split_k":
+        return described["value"]
+    return f"split_k over {described['cores_per_device']} cores"
+
+
 def format_result(result: dict) -> str:
     """A table: one row per batch size."""
     bandwidth = result["memory_bandwidth_bytes_per_second"]
     lines = [
         f"{result['attention']} {result['n_heads']} heads / {result['n_kv_heads']} KV heads, "
         f"{result['params']['total']:,} params, prompt {result['prompt_len']}, generate {result['gen_len']}, "
-        f"{result['repeats']} requests per batch | {result['device_kind']} | memory bandwidth "
+        f"{result['repeats']} requests per batch | {result['device_kind']} | one-row matmuls "
+        f"{_matvec_text(result.get('matvec'))} | memory bandwidth "
         + ("n/a" if bandwidth is None else f"{bandwidth / 1e9:.1f} GB/s") + f" ({result['memory_bandwidth_source']})",
         f"{'batch':>5} {'TTFT ms':>9} {'prefill MFU':>11} {'decode ms p50':>13} {'p90':>7} {'decode tok/s':>12} "
         f"{'total tok/s':>11} {'KV MiB meas/anal':>17} {'MB/step':>8} {'bound ms':>8} {'of bound':>8} "

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from common import cpuinfo
 from common.warn import warn_once
-from modeling import attention_kinds
+from modeling import attention_kinds, matvec
 from modeling.config import ModelConfig
 from modeling.precision import WEIGHT_GRAD_AUTO, f32_result_matmul, policy
 from train import hardware, runtime
@@ -281,6 +281,17 @@ def _weight_grad(model: ModelConfig, backend: str) -> dict:
     return _choice(value, "default", f"auto on {backend} ({why})")
 
 
+def _matvec(model: ModelConfig, backend: str) -> dict:
+    """A rule by backend, not a measurement (modeling/matvec.py): only one-row products are split, i.e.
+    batch-1 decoding; a training step has none."""
+    value = matvec.resolve(model.matvec)
+    source = "explicit" if model.matvec != "auto" else "default"
+    where = "explicit in config" if source == "explicit" else f"auto on {backend}"
+    how = (f"one-row products split over up to {matvec.cores_per_device()} cores per CPU device"
+           if value == "split_k" else "one product per one-row matmul")
+    return _choice(value, source, f"{where}: {how}; only batch-1 decoding has one-row products (modeling/matvec.py)")
+
+
 # ----------------------------------------------------------------------------- the choice
 
 
@@ -300,7 +311,8 @@ def resolve(model: ModelConfig, seq_len: int, *, cache_path=None, recalibrate: b
     impl, block = _attention(model, seq_len, backend, cache_path, recalibrate)
     bf16 = _bf16_matmul(model, backend, cache_path, recalibrate)
     record |= {"attention_impl": impl, "attention_block_size": block, "bf16_matmul": bf16,
-               "weight_grad": _weight_grad(model, backend), **runtime.host_runtime()}
+               "weight_grad": _weight_grad(model, backend), "matvec": _matvec(model, backend),
+               **runtime.host_runtime()}
     updates = {}
     if impl["source"] == "measured":
         updates |= {"attention_impl": impl["value"], "attention_block_size": block["value"]}

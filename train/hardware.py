@@ -208,7 +208,7 @@ def _cpu_identity() -> dict:
 
 
 def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return len(cpuinfo.usable_cores())
 
 
 def default_cache_path() -> pathlib.Path:
