@@ -78,10 +78,10 @@ def test_dense_several_rows_are_never_split(four_cores):
     x = jax.random.normal(jax.random.key(3), (2, 1, 48))
     np.testing.assert_array_equal(_dense("split_k")(x), _dense("xla")(x))
     hlo = jax.jit(lambda x: _dense("split_k")(x)).lower(x).as_text()
-    assert "lhs_batch_dims" not in hlo and "batch_dims" not in hlo.replace("batch_dims = []", "")
+    assert "dot_general" in hlo and not _dot_batch_sizes(hlo)
 
 
-def _dot_batch_sizes(hlo_text: str) -> list[str]:
+def _dot_batch_sizes(hlo_text: str) -> list[tuple[str, str]]:
     """The batch dimensions of every dot_general in StableHLO text."""
     return re.findall(r"batching_dims = \[(\d+)\] x \[(\d+)\]", hlo_text)
 
@@ -103,6 +103,9 @@ def test_decode_with_split_matvec_equals_one_product(four_cores):
         model = Transformer(ModelConfig(**base, matvec=choice), nnx.Rngs(0))
         cache = model.empty_cache(1, 16)
         _, cache = model(tokens[:, :8], cache)
+        step = str(jax.make_jaxpr(lambda t, c: model(t, c))(tokens[:, 8:9], cache))
+        # the seven dense layers of each of the two layers (q, k, v, out, gate, up, down) as split products
+        assert step.count("([0], [0]))") == (14 if choice == "split_k" else 0)
         steps = []
         for t in range(8, 12):
             step_logits, cache = model(tokens[:, t:t + 1], cache)
