@@ -105,4 +105,5 @@ def simd_flags(info: CpuInfo) -> list[str]:
     return [flag for flag in SIMD_FLAGS if flag in info.flags]
 
 
-__all__ = ["CpuInfo", "NATIVE_BF16_FLAGS", "SIMD_FLAGS", "host", "native_bf16", "parse", "read", "simd_flags", "usable_cores"]
+__all__ = ["CpuInfo", "NATIVE_BF16_FLAGS", "SIMD_FLAGS", "host", "native_bf16", "parse", "read", "simd_flags",
+           "usable_cores"]

@@ -28,16 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that only run inference: the host allocator's "auto" leaves glibc's defaults for them (train/runtime.py).
-SERVING_COMMANDS = (("generate",), ("bench", "infer"))
-
-
 def main(argv: list[str] | None = None) -> int:
     from train.runtime import configure_host_runtime
 
-    words = sys.argv[1:] if argv is None else argv
-    serving = any(tuple(words[:len(command)]) == command for command in SERVING_COMMANDS)
-    configure_host_runtime(serving=serving)  # before anything starts JAX (train/runtime.py)
+    configure_host_runtime()  # before anything starts JAX: glibc must keep XLA:CPU's step buffer (train/runtime.py)
     args = build_parser().parse_args(argv)
     command = " ".join(filter(None, (args.command, getattr(args, "bench_kind", None))))  # e.g. "bench infer"
     try:

@@ -231,21 +231,6 @@ def test_host_runtime_says_what_is_in_effect(monkeypatch):
     assert runtime.host_runtime({})["host_allocator"]["value"] == "keep"
 
 
-def test_inference_commands_keep_glibcs_allocator(monkeypatch):
-    """`generate` and `bench infer` leave glibc's arenas alone under "auto"; every other command does not."""
-    value, reason = runtime._apply("auto", serving=True)  # returns before any mallopt call
-    assert value == "system" and "inference command" in reason
-    seen = []
-    monkeypatch.setattr(runtime, "configure_host_runtime", lambda mode=None, *, serving=False: seen.append(serving))
-    from launch.cli import main
-
-    for argv, serving in ((["bench", "infer", "--help"], True), (["generate", "--help"], True),
-                          (["bench", "train", "--help"], False), (["train", "--help"], False)):
-        with pytest.raises(SystemExit):
-            main(argv)
-        assert seen.pop() is serving, argv
-
-
 def test_the_summary_carries_host_paths_and_the_nominal_mfu(tmp_path, measured):
     _, record = cpu_paths.resolve(MODEL, SEQ)
     base = run_summary("r1", 1.5e7, 3e8, 3.1, 9e16, epochs=2.0, mfu=0.41)
