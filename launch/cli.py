@@ -28,10 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Inference-only commands: they settle the host allocator themselves once their config says the model's
+# precision, before JAX starts (train/runtime.py).
+SERVING_COMMANDS = (("generate",), ("bench", "infer"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from train.runtime import configure_host_runtime
 
-    configure_host_runtime()  # before anything starts JAX: glibc must keep XLA:CPU's step buffer (train/runtime.py)
+    words = sys.argv[1:] if argv is None else argv
+    if not any(tuple(words[:len(command)]) == command for command in SERVING_COMMANDS):
+        configure_host_runtime()  # before anything starts JAX: glibc must keep XLA:CPU's step buffer
     args = build_parser().parse_args(argv)
     command = " ".join(filter(None, (args.command, getattr(args, "bench_kind", None))))  # e.g. "bench infer"
     try:

@@ -16,6 +16,7 @@ from common.run_contract import SUMMARY_FILE, read_summary, write_summary
 from modeling import matvec, precision
 from modeling.config import ModelConfig
 from train import bench, cpu_paths, hardware, runtime, step_profile
+from train.config import CONFIG_ROOT
 
 MODEL = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=256)
 SEQ = 256  # candidates: xla, blocked 32, blocked 64, blocked 128
@@ -229,6 +230,27 @@ def test_host_runtime_says_what_is_in_effect(monkeypatch):
     monkeypatch.setattr(runtime, "_outcome", ("keep", "auto: applied at process start"))
     assert runtime.configure_host_runtime() == runtime._KEEP  # a later call (backend started) does not undo it
     assert runtime.host_runtime({})["host_allocator"]["value"] == "keep"
+
+
+def test_inference_commands_settle_the_allocator_by_precision(monkeypatch, tmp_path):
+    """`generate` and `bench infer` configure the host runtime themselves, from the model's precision (fp32:
+    glibc's defaults under "auto"); every other command configures it first thing."""
+    value, reason = runtime._apply("auto", serving_precision="fp32")  # returns before any mallopt call
+    assert value == "system" and "fp32 weights" in reason
+    seen = []
+    monkeypatch.setattr(runtime, "configure_host_runtime",
+                        lambda mode=None, *, serving_precision=None: seen.append(serving_precision))
+    from launch.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  precision: bf16_mixed\n")  # a run dir without checkpoints
+    ladder = str(CONFIG_ROOT / "models" / "ladder-0.yaml")
+    # each stops with a one-line error after configuring: no checkpoint, a bad --batch
+    assert main(["generate", str(run), "--prompt", "x"]) == 2 and seen.pop() == "bf16_mixed"
+    assert main(["bench", "infer", ladder, "--batch", "0"]) == 2 and seen.pop() == "fp32"
+    assert main(["bench", "infer", ladder, "model.precision=bf16", "--batch", "0"]) == 2 and seen.pop() == "bf16"
+    assert main(["count", ladder]) == 0 and seen == [None]  # not an inference command: configured first
 
 
 def test_the_summary_carries_host_paths_and_the_nominal_mfu(tmp_path, measured):

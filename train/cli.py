@@ -131,9 +131,17 @@ def _bench_jit(args) -> int:
     return 0
 
 
-def _generate(args) -> int:
-    from train.generate import Sampling, generate_text
+def _serve(config: config_lib.Config) -> None:
+    """The host runtime of an inference command, settled by the model's precision before JAX starts."""
+    from train.runtime import configure_host_runtime
 
+    configure_host_runtime(serving_precision=config.model.precision)
+
+
+def _generate(args) -> int:
+    from train.generate import Sampling, generate_text, run_config
+
+    _serve(run_config(args.run_dir))
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
     def write(piece: str) -> None:
@@ -149,7 +157,10 @@ def _generate(args) -> int:
 
 def _bench_infer(args) -> int:
     from train import bench_infer
+    from train.generate import run_config
 
+    target = pathlib.Path(args.target)
+    _serve(run_config(target) if target.is_dir() else config_lib.load(target, args.overrides))
     request = bench_infer.Request(bench_infer.parse_batches(args.batch), args.prompt_len, args.gen_len, args.repeats)
     result, run_path = bench_infer.run(args.target, args.overrides, request)
     print(json.dumps(result, indent=2) if args.json else bench_infer.format_result(result))

@@ -16,11 +16,13 @@ The trade (knob `ISOFLOP_HOST_ALLOCATOR` or the `mode` argument): "keep" holds t
 for its lifetime instead of returning freed blocks to the OS (a training process reuses them every
 step anyway) and serialises malloc on one arena (XLA:CPU allocates a few large blocks per step, so
 contention is negligible); "system" leaves glibc's defaults; "auto" (default) = "keep" when the run
-will use the CPU backend, per JAX_PLATFORMS or, when unset, the absence of an accelerator plugin.
-Decoding keeps "keep" too: a fp32 batch-1 decode step of configs/models/ladder-5.yaml, whose one-row
-products run on two threads (modeling/matvec.py), was ~0.5 ms (~10 %) faster under "system", but a
-bf16 one was twice as slow (XLA:CPU converts the bf16 weights to fp32 copies every step, and glibc
-faulted 5.8 M pages back in for them against 0.13 M); docs/INFERENCE.md has the numbers.
+will use the CPU backend, per JAX_PLATFORMS or, when unset, the absence of an accelerator plugin —
+except in an inference command serving fp32 weights, where "auto" is "system": its decode steps
+allocate no large buffer, but small ones from two threads at once (one-row products split over the
+cores, modeling/matvec.py), and one arena made them wait (a batch-1 step of configs/models/ladder-5.yaml
+~0.5 ms slower, ~10 %). Other precisions keep "keep": XLA:CPU converts their weights to fresh copies at
+every decode step, and without it glibc faulted those back in (bf16: 5.8 M against 0.13 M page faults,
+13.4 -> 28.9 ms a step). docs/INFERENCE.md has the numbers.
 A no-op where the C library is not glibc.
 
 On the CPU backend it also adds one XLA flag, `CPU_XLA_FLAG` (unless XLA_FLAGS already name it): copy
@@ -45,6 +47,9 @@ import platform
 import sys
 
 MODES = ("auto", "keep", "system")
+# The model precision whose inference runs under glibc's defaults when "auto": its matmuls read the stored
+# weights as they are (every other precision converts them at each step: see the module docstring).
+SERVING_SYSTEM_PRECISION = "fp32"
 ENV_VAR = "ISOFLOP_HOST_ALLOCATOR"
 
 # glibc mallopt(3) parameters
@@ -84,12 +89,14 @@ CPU_XLA_FLAG = "--xla_cpu_copy_insertion_use_region_analysis=true"
 _flag_outcome: str | None = None  # why XLA_FLAGS are what they are, once configure_host_runtime() decided
 
 
-def configure_host_runtime(mode: str | None = None) -> str | None:
+def configure_host_runtime(mode: str | None = None, *, serving_precision: str | None = None) -> str | None:
     """Apply the host allocator setting and the CPU XLA flag (see module docstring); returns what was done
     to the allocator, or None.
 
-    `mode` defaults to $ISOFLOP_HOST_ALLOCATOR, else "auto". Call once, first thing in an entry point.
-    What it decided, and why, is kept for `host_runtime()` (the run's `host_paths`).
+    `mode` defaults to $ISOFLOP_HOST_ALLOCATOR, else "auto". `serving_precision`: the model precision of an
+    inference-only command (`generate`, `bench infer`), which settles "auto" for it. Call once, first
+    thing in an entry point (an inference command: once its config is read, before JAX starts). What it
+    decided, and why, is kept for `host_runtime()` (the run's `host_paths`).
     """
     global _outcome, _flag_outcome
     mode = mode or os.environ.get(ENV_VAR, "auto")
@@ -98,14 +105,17 @@ def configure_host_runtime(mode: str | None = None) -> str | None:
     if _flag_outcome is None:
         _flag_outcome = _add_cpu_xla_flag(os.environ)
     if _outcome is None or _outcome[0] != "keep":  # once made, the settings hold for the process's lifetime
-        _outcome = _apply(mode)
+        _outcome = _apply(mode, serving_precision)
     return _KEEP if _outcome[0] == "keep" else None
 
 
-def _apply(mode: str) -> tuple[str, str]:
+def _apply(mode: str, serving_precision: str | None = None) -> tuple[str, str]:
     """(value, reason) after applying `mode`: "keep" when the mallopt calls were made, else "system"."""
     if mode == "system":
         return "system", f"{ENV_VAR}=system: glibc's defaults"
+    if mode == "auto" and serving_precision == SERVING_SYSTEM_PRECISION:
+        return "system", ("auto: inference with fp32 weights allocates no large buffer per step, and one arena would"
+                          " make the threads of a split one-row product wait for each other (docs/INFERENCE.md)")
     if mode == "auto" and not cpu_backend_expected():
         return "system", "auto: an accelerator backend is expected (JAX_PLATFORMS or an installed plugin)"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
