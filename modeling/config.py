@@ -122,7 +122,7 @@ class ModelConfig:
     # matvec (dense layers given one row: a batch-1 decode step): "xla" = one product, which XLA:CPU runs
     # on one thread; "split_k" = the contraction split into one block per core of the CPU device, as one
     # batched product that XLA:CPU spreads over its threads, partial sums added in fp32
-    # (modeling/matvec.py): ladder-5's batch-1 decode step 6.5-7.6 -> 4.7-5.7 ms on 2 cores. auto: split_k on
+    # (modeling/matvec.py): ladder-5's batch-1 decode step 6.5 -> 4.6 ms (medians) on 2 cores. auto: split_k on
     # CPU, else xla.
     matvec: str = "auto"
     # layer_stack: "unrolled" = one traced and compiled copy of every layer (XLA may fuse and schedule

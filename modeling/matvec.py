@@ -8,9 +8,9 @@ of rows of w — a free reshape of the row-major kernel — makes one batched pr
 [parts, 1, K/parts] x [parts, K/parts, N] whose partial sums are added in fp32: the same sum, in another
 order. Measured on a 2-core Xeon (docs/INFERENCE.md): a chain of 1,024-wide fp32 matrix-vector products
 read 23 GB/s (85 MB, cache-resident) and 15 GB/s (255 MB) on one thread, 38 and 24 GB/s split in two;
-configs/models/ladder-5.yaml's batch-1 decode step 6.5-7.6 -> 4.7-5.7 ms (`bench infer`). Two rows or
-more already take XLA's multi-threaded kernels, and there the split was slower (0.85x at 2 rows, 0.3x
-at 64), so only one-row products are split.
+configs/models/ladder-5.yaml's batch-1 decode step 6.5 -> 4.6 ms (medians of `bench infer` runs). Two
+rows or more already take XLA's multi-threaded kernels, and there the split was slower (0.85x at 2 rows,
+0.3x at 64), so only one-row products are split.
 
 `model.matvec` chooses: "xla" (one product), "split_k" (split over the cores each CPU device has: the
 process's usable cores / its CPU devices, rounded down to a divisor of K), "auto" (split_k on the CPU
