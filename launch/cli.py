@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
 
     words = sys.argv[1:] if argv is None else argv
     if not any(tuple(words[:len(command)]) == command for command in SERVING_COMMANDS):
-        configure_host_runtime()  # before anything starts JAX: glibc must keep XLA:CPU's step buffer
+        try:
+            configure_host_runtime()  # before anything starts JAX: glibc must keep XLA:CPU's step buffer
+        except ConfigError as err:
+            print(f"isoflop: {err.problems[0]}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     command = " ".join(filter(None, (args.command, getattr(args, "bench_kind", None))))  # e.g. "bench infer"
     try:

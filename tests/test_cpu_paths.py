@@ -253,6 +253,17 @@ def test_inference_commands_settle_the_allocator_by_precision(monkeypatch, tmp_p
     assert main(["count", ladder]) == 0 and seen == [None]  # not an inference command: configured first
 
 
+def test_a_bad_allocator_setting_is_one_line_and_exit_2(monkeypatch, capsys):
+    from launch.cli import main
+
+    monkeypatch.setenv(runtime.ENV_VAR, "bogus")
+    ladder = str(CONFIG_ROOT / "models" / "ladder-0.yaml")
+    for argv in (["count", ladder], ["bench", "infer", ladder]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "ISOFLOP_HOST_ALLOCATOR: 'bogus' is not one of auto, keep, system" in err and len(err.splitlines()) == 1
+
+
 def test_the_summary_carries_host_paths_and_the_nominal_mfu(tmp_path, measured):
     _, record = cpu_paths.resolve(MODEL, SEQ)
     base = run_summary("r1", 1.5e7, 3e8, 3.1, 9e16, epochs=2.0, mfu=0.41)

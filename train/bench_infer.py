@@ -273,22 +273,27 @@ def bench_infer(model, cfg, request: Request, hardware_config=None, *, bandwidth
 # ----------------------------------------------------------------------------- the command
 
 
+def target_config(target: str, overrides: list[str]):
+    """The validated config of a CONFIG (with its overrides) or of a RUN_DIR (which takes none)."""
+    from train import config as config_lib
+
+    if not pathlib.Path(target).is_dir():
+        return config_lib.load(target, overrides)
+    if overrides:
+        raise ConfigError([f"overrides: a run directory's config is fixed; drop {' '.join(overrides)}"])
+    return run_config(target)
+
+
 def run(target: str, overrides: list[str], request: Request) -> tuple[dict, pathlib.Path | None]:
     """Benchmark a CONFIG (freshly initialised weights; overrides allowed) or a RUN_DIR (its latest
     checkpoint; the result is written into its summary under `inference`). Returns (result, run dir)."""
-    from train import config as config_lib
-
+    config = target_config(target, overrides)
+    check_request(request, config.model)
     if pathlib.Path(target).is_dir():
-        if overrides:
-            raise ConfigError([f"overrides: a run directory's config is fixed; drop {' '.join(overrides)}"])
-        config = run_config(target)
-        check_request(request, config.model)
         _summary_to_update(pathlib.Path(target))  # a run without a readable summary is refused before timing
         loaded = load_run(target)
         model, path = loaded.model, loaded.path
     else:
-        config = config_lib.load(target, overrides)  # validated
-        check_request(request, config.model)
         from flax import nnx
 
         from modeling.transformer import Transformer
@@ -322,9 +327,7 @@ def record(path: pathlib.Path, result: dict) -> None:
         write_summary(path, dataclasses.replace(summary, inference=to_json_value(result)))
 
 
-def _matvec_text(described: dict | None) -> str:
-    if described is None:  # recorded before model.matvec existed
-        return "n/a"
+def _matvec_text(described: dict) -> str:
     if described["value"] != "split_k":
         return described["value"]
     return f"split_k over {described['cores_per_device']} cores"
@@ -337,7 +340,7 @@ def format_result(result: dict) -> str:
         f"{result['attention']} {result['n_heads']} heads / {result['n_kv_heads']} KV heads, "
         f"{result['params']['total']:,} params, prompt {result['prompt_len']}, generate {result['gen_len']}, "
         f"{result['repeats']} requests per batch | {result['device_kind']} | one-row matmuls "
-        f"{_matvec_text(result.get('matvec'))} | memory bandwidth "
+        f"{_matvec_text(result['matvec'])} | memory bandwidth "
         + ("n/a" if bandwidth is None else f"{bandwidth / 1e9:.1f} GB/s") + f" ({result['memory_bandwidth_source']})",
         f"{'batch':>5} {'TTFT ms':>9} {'prefill MFU':>11} {'decode ms p50':>13} {'p90':>7} {'decode tok/s':>12} "
         f"{'total tok/s':>11} {'KV MiB meas/anal':>17} {'MB/step':>8} {'bound ms':>8} {'of bound':>8} "

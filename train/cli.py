@@ -157,10 +157,8 @@ def _generate(args) -> int:
 
 def _bench_infer(args) -> int:
     from train import bench_infer
-    from train.generate import run_config
 
-    target = pathlib.Path(args.target)
-    _serve(run_config(target) if target.is_dir() else config_lib.load(target, args.overrides))
+    _serve(bench_infer.target_config(args.target, args.overrides))
     request = bench_infer.Request(bench_infer.parse_batches(args.batch), args.prompt_len, args.gen_len, args.repeats)
     result, run_path = bench_infer.run(args.target, args.overrides, request)
     print(json.dumps(result, indent=2) if args.json else bench_infer.format_result(result))

@@ -46,6 +46,8 @@ import os
 import platform
 import sys
 
+from common.validation import ConfigError
+
 MODES = ("auto", "keep", "system")
 # The model precision whose inference runs under glibc's defaults when "auto": its matmuls read the stored
 # weights as they are (every other precision converts them at each step: see the module docstring).
@@ -101,7 +103,7 @@ def configure_host_runtime(mode: str | None = None, *, serving_precision: str | 
     global _outcome, _flag_outcome
     mode = mode or os.environ.get(ENV_VAR, "auto")
     if mode not in MODES:
-        raise ValueError(f"{ENV_VAR}: {mode!r} is not one of {', '.join(MODES)}")
+        raise ConfigError([f"{ENV_VAR}: {mode!r} is not one of {', '.join(MODES)}"])
     if _flag_outcome is None:
         _flag_outcome = _add_cpu_xla_flag(os.environ)
     if _outcome is None or _outcome[0] != "keep":  # once made, the settings hold for the process's lifetime
